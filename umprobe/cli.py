@@ -1,0 +1,336 @@
+"""umprobe's command line (click).
+
+Every command that can fail because of its input ends with one clear line on stderr that names what is wrong,
+and exit code 3 (Nagios UNKNOWN): click's own usage errors are mapped to 3 too, so a monitoring system never
+mistakes a typo for a CRITICAL listener.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+import trio
+
+from umprobe._version import __version__
+from umprobe.check import CheckItem, Thresholds, evaluate, render_json, render_text, run_check
+from umprobe.commands.config_cmd import config_group
+from umprobe.errors import UserError
+from umprobe.net.errors import TLSConfigError
+from umprobe.net.tls import TLS_VERSIONS, TLSClientConfig
+from umprobe.probes.result import ProbeResult
+from umprobe.probes.sip_options import SipProbeSpec, TLSContextCache
+from umprobe.profiles import PROFILES, UM_MODES, expand_profile, port_map
+from umprobe.sip import DEFAULT_ACCEPT, parse_accept_status
+from umprobe.targets import TargetError, parse_target
+
+__all__ = ["main"]
+
+EXIT_UNKNOWN = 3
+
+_CHECK_EPILOG = """\b
+Examples:
+  umprobe check cas01.contoso.local                 plain SIP OPTIONS to 5060/tcp
+  umprobe check --transport tls --ca ca.pem --cert probe.pem --key probe.key cas01.contoso.local
+                                                    mutual TLS to 5061
+  umprobe check 'sip:cas01.contoso.local:5061;transport=tls' --ca ca.pem ...
+  umprobe check --profile exchange2016 --um-mode dual --ca ca.pem --cert probe.pem --key probe.key mbx01
+                                                    every UM listener of one server
+  umprobe check --json [::1]:5060                   machine-readable result
+
+\b
+Exit codes (Nagios plugin rules): 0 OK, 1 WARNING, 2 CRITICAL (a listener failed),
+3 UNKNOWN (bad arguments or unusable certificate files).
+"""
+
+
+def _parse_version(value: str | None, option: str) -> str | None:
+    if value is None:
+        return None
+    if value not in TLS_VERSIONS:
+        raise click.BadParameter(f"{value!r} is not one of {', '.join(TLS_VERSIONS)}", param_hint=option)
+    return value
+
+
+def _accept(_ctx: click.Context, _param: click.Parameter, value: str | None) -> frozenset[int]:
+    if value is None:
+        return DEFAULT_ACCEPT
+    try:
+        return parse_accept_status(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _seconds(value: float | None, option: str) -> float | None:
+    if value is not None and value <= 0:
+        raise click.BadParameter(f"{value} must be a positive number of seconds", param_hint=option)
+    return value
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, "-V", "--version", prog_name="umprobe")
+def cli() -> None:
+    """umprobe: reachability probe and synthetic monitor for Exchange UM voice infrastructure.
+
+    It sends SIP OPTIONS over TCP and mutual TLS to every UM listener, times each phase (resolve, connect,
+    TLS handshake, SIP response) and inspects certificates. Start with `umprobe ports` for the Exchange UM
+    port map and `umprobe check --help` for one-shot checks.
+    """
+
+
+@cli.command(epilog=_CHECK_EPILOG)
+@click.argument("targets", nargs=-1, required=True, metavar="TARGET...")
+@click.option(
+    "--transport",
+    type=click.Choice(["tcp", "tls"]),
+    help="Transport when TARGET does not say. [default: tcp]",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    help="Port when TARGET does not say. [default: 5060 tcp, 5061 tls]",
+)
+@click.option(
+    "--profile",
+    type=click.Choice(PROFILES),
+    help="Expand each host into the Exchange UM listeners of this product (see `umprobe ports`).",
+)
+@click.option(
+    "--um-mode",
+    type=click.Choice(UM_MODES),
+    default="dual",
+    show_default=True,
+    help="UM startup mode of the servers (-UMStartupMode): which listeners --profile expects.",
+)
+@click.option(
+    "--ca", "ca_file", type=click.Path(dir_okay=False), help="CA bundle (PEM) to verify the server with."
+)
+@click.option(
+    "--cert", "cert_file", type=click.Path(dir_okay=False), help="Client certificate (PEM) for mutual TLS."
+)
+@click.option("--key", "key_file", type=click.Path(dir_okay=False), help="Private key (PEM) of --cert.")
+@click.option(
+    "--server-name", help="Name to send as SNI and to verify in the server certificate. [default: the host]"
+)
+@click.option(
+    "--insecure", is_flag=True, help="Do not verify the server certificate (shown in every output)."
+)
+@click.option(
+    "--min-tls", default="1.2", show_default=True, help="Lowest TLS version to offer: 1.0, 1.1, 1.2, 1.3."
+)
+@click.option("--max-tls", help="Highest TLS version to offer. [default: the library's highest]")
+@click.option("--ciphers", help="OpenSSL cipher string for TLS 1.2 and older (e.g. for old Schannel peers).")
+@click.option(
+    "--timeout",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Deadline in seconds for the whole check, all listeners together.",
+)
+@click.option(
+    "--accept-status",
+    callback=_accept,
+    metavar="CODES",
+    help="SIP status codes that count as healthy: '200', '200,202', '2xx', '200-299'. [default: 200]",
+)
+@click.option("-4", "ipv4_only", is_flag=True, help="Probe IPv4 addresses only.")
+@click.option("-6", "ipv6_only", is_flag=True, help="Probe IPv6 addresses only.")
+@click.option("--from-domain", help="Domain for the From URI. [default: the probe's local address]")
+@click.option(
+    "--warn-rtt", type=float, help="WARNING when a listener's total probe time exceeds this (seconds)."
+)
+@click.option(
+    "--crit-rtt", type=float, help="CRITICAL when a listener's total probe time exceeds this (seconds)."
+)
+@click.option(
+    "--warn-days",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="WARNING below this many certificate days.",
+)
+@click.option(
+    "--crit-days",
+    type=float,
+    default=7.0,
+    show_default=True,
+    help="CRITICAL below this many certificate days.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with a `results` list.")
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Print every probe's transcript (SIP messages, TLS facts)."
+)
+def check(
+    targets: Sequence[str],
+    transport: str | None,
+    port: int | None,
+    profile: str | None,
+    um_mode: str,
+    ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+    server_name: str | None,
+    insecure: bool,
+    min_tls: str,
+    max_tls: str | None,
+    ciphers: str | None,
+    timeout: float,
+    accept_status: frozenset[int],
+    ipv4_only: bool,
+    ipv6_only: bool,
+    from_domain: str | None,
+    warn_rtt: float | None,
+    crit_rtt: float | None,
+    warn_days: float,
+    crit_days: float,
+    as_json: bool,
+    verbose: bool,
+) -> None:
+    """Send SIP OPTIONS to each TARGET and report every listener and address.
+
+    TARGET is `host`, `host:port`, `[v6addr]:port`, `v6addr`, or a SIP URI such as
+    `sip:host:5061;transport=tls` or `sips:host`. Every A/AAAA address of a name is probed separately.
+    A listener is healthy when it answers with an accepted status code over a verified connection.
+    """
+    timeout = _seconds(timeout, "--timeout") or 5.0
+    _seconds(warn_rtt, "--warn-rtt")
+    _seconds(crit_rtt, "--crit-rtt")
+    if ipv4_only and ipv6_only:
+        raise click.UsageError("-4 and -6 exclude each other")
+    if (cert_file is None) != (key_file is None):
+        raise click.UsageError("--cert and --key go together: give both or neither")
+    families = ("ipv4",) if ipv4_only else ("ipv6",) if ipv6_only else ("ipv4", "ipv6")
+    tls = TLSClientConfig(
+        ca_file=ca_file,
+        cert_file=cert_file,
+        key_file=key_file,
+        insecure=insecure,
+        min_version=_parse_version(min_tls, "--min-tls") or "1.2",
+        max_version=_parse_version(max_tls, "--max-tls"),
+        ciphers=ciphers,
+    )
+    items: list[CheckItem] = []
+    for text in targets:
+        try:
+            target = parse_target(text)
+        except TargetError as exc:
+            raise click.BadParameter(str(exc), param_hint="TARGET") from None
+        common = {
+            "tls": tls,
+            "server_name": server_name,
+            "accept_status": accept_status,
+            "families": families,
+            "from_domain": from_domain,
+        }
+        if profile:
+            if target.port is not None or target.transport is not None:
+                raise click.BadParameter(
+                    f"{text!r}: with --profile give a bare host; the profile decides ports and transports",
+                    param_hint="TARGET",
+                )
+            for spec in expand_profile(profile, um_mode):
+                items.append(
+                    CheckItem(
+                        SipProbeSpec(
+                            host=target.host,
+                            port=spec.port,
+                            transport=spec.transport,
+                            listener=spec.listener,
+                            **common,  # type: ignore[arg-type]
+                        ),
+                        required=spec.required,
+                        group=spec.group,
+                    )
+                )
+            continue
+        chosen = target.transport or transport or "tcp"
+        items.append(
+            CheckItem(
+                SipProbeSpec(
+                    host=target.host,
+                    port=target.port or port or (5061 if chosen == "tls" else 5060),
+                    transport="tls" if chosen == "tls" else "tcp",
+                    uri_scheme="sips" if target.scheme == "sips" else "sip",
+                    **common,  # type: ignore[arg-type]
+                )
+            )
+        )
+    contexts = TLSContextCache()
+    if any(item.spec.transport == "tls" for item in items):
+        try:
+            contexts.context(tls)
+            contexts.client_cert(tls)
+        except TLSConfigError as exc:
+            raise UserError(str(exc)) from None
+
+    async def run() -> list[tuple[CheckItem, ProbeResult]]:
+        return await run_check(items, deadline=trio.current_time() + timeout, contexts=contexts)
+
+    pairs = trio.run(run)
+    thresholds = Thresholds(warn_rtt=warn_rtt, crit_rtt=crit_rtt, warn_days=warn_days, crit_days=crit_days)
+    report = evaluate(pairs, thresholds)
+    click.echo(render_json(report) if as_json else render_text(report, thresholds, verbose=verbose))
+    sys.exit(int(report.state))
+
+
+@cli.command()
+def ports() -> None:
+    """Print the Exchange 2013/2016 UM port map: listeners, transports, RTP range, what is changeable."""
+    facts = port_map()
+    header = ("COMPONENT", "ROLE", "PROTOCOL", "PORTS", "CARRIES", "CHANGEABLE")
+    rows = [header] + [(f.component, f.role, f.protocol, f.ports, f.carries, f.changeable) for f in facts]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
+    click.echo(
+        "\nUM startup mode (-UMStartupMode TCP|TLS|Dual) decides which SIP listeners exist: "
+        "`umprobe check --profile exchange2016 --um-mode dual HOST` probes them all."
+    )
+
+
+@cli.command()
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="Deadline for the whole check.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON, like `check --json`.")
+@click.option("-v", "--verbose", is_flag=True, help="Print every probe's transcript.")
+def demo(timeout: float, as_json: bool, verbose: bool) -> None:
+    """Run a whole Exchange UM server's SIP listeners on loopback and check them (no Exchange needed).
+
+    Makes a throwaway CA and certificates, serves SIP OPTIONS on one loopback port per UM listener (mutual
+    TLS on the TLS ones) and runs the same check as `umprobe check --profile exchange2016 --um-mode dual`.
+    """
+    from umprobe.demo import run_demo
+
+    timeout = _seconds(timeout, "--timeout") or 5.0
+    report = trio.run(
+        lambda: run_demo(check_seconds=timeout, say=(lambda _t: None) if as_json else click.echo)
+    )
+    click.echo(render_json(report) if as_json else render_text(report, Thresholds(), verbose=verbose))
+    sys.exit(int(report.state))
+
+
+cli.add_command(config_group)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: run the click group, mapping usage and input errors to one line and exit 3."""
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="umprobe", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"umprobe: error: {exc.format_message()}", err=True)
+        sys.exit(EXIT_UNKNOWN)
+    except click.exceptions.Abort:
+        click.echo("umprobe: aborted", err=True)
+        sys.exit(EXIT_UNKNOWN)
+    except UserError as exc:
+        click.echo(f"umprobe: error: {exc}", err=True)
+        sys.exit(EXIT_UNKNOWN)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,415 @@
+"""The SIP OPTIONS probe: resolve, connect, (mutual) TLS, one OPTIONS transaction, on a fresh connection.
+
+Theory of operation
+-------------------
+`probe(spec, deadline=...)` resolves the target once, then probes every resolved address concurrently and
+separately (PROTOCOL.md §2 "Several addresses": a dual-stack host is two listeners to watch, not one to fail
+over). Each address gets a fresh TCP connection, so the phases are measured cold every time:
+
+    resolve -> connect -> tls (only for transport "tls") -> sip (request written .. final response parsed)
+
+The caller owns the deadline (an absolute `trio.current_time()` value); the probe runs each address inside
+`trio.move_on_at(deadline)` and, when time runs out, reports the phase it was in as the reason
+(`connect_timeout`, `tls_handshake_timeout`, `sip_timeout`). Transport and parser exceptions are mapped to
+the fixed `Reason` set in one place (`_classify`); only bugs and our own configuration errors
+(`TLSConfigError`) escape.
+
+TLS 1.3 and client certificates (LAB.md): a server that rejects our certificate does so after our side of
+the handshake is complete, so the alert arrives on the first read. The TLS layer raises `TLSError(kind=
+"client_cert_rejected")` from that read and it is reported as `tls_client_cert_rejected` in phase `tls`,
+even though the time it took is in `timings.sip`. A mutual-TLS listener is only called good after a SIP
+response has been read over it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+import trio
+from OpenSSL import SSL
+
+from umprobe.net.errors import (
+    ConnectError,
+    ConnectionClosed,
+    ConnectRefused,
+    NetError,
+    ResolveError,
+    TLSError,
+)
+from umprobe.net.resolve import ResolvedAddress, resolve
+from umprobe.net.tcp import open_tcp
+from umprobe.net.tls import CertInfo, TLSClientConfig, TLSInfo, TLSStream, load_cert_info, make_client_context
+from umprobe.probes.result import Phase, ProbeResult, Reason, Timings, TranscriptEntry
+from umprobe.sip import (
+    DEFAULT_ACCEPT,
+    NEED_DATA,
+    ClientTransaction,
+    RemoteProtocolError,
+    Response,
+    StreamParser,
+    build_options,
+    is_healthy,
+)
+
+__all__ = ["SipProbeSpec", "TLSContextCache", "probe"]
+
+_RECV_CHUNK = 16384
+_TRANSCRIPT_TEXT_CAP = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class SipProbeSpec:
+    """What to probe: one SIP listener (host, port, transport) and how to judge it."""
+
+    host: str
+    port: int
+    transport: Literal["tcp", "tls"] = "tcp"
+    listener: str = "custom"
+    tls: TLSClientConfig | None = None
+    server_name: str | None = None
+    accept_status: frozenset[int] = DEFAULT_ACCEPT
+    families: tuple[str, ...] = ("ipv4", "ipv6")
+    from_domain: str | None = None
+    uri_scheme: Literal["sip", "sips"] = "sip"
+
+    @property
+    def verify_name(self) -> str:
+        """The name the server certificate must carry: `server_name` if set, else the host as dialled."""
+        return self.server_name or self.host.strip("[]")
+
+
+class TLSContextCache:
+    """One pyOpenSSL context per distinct `TLSClientConfig`: loading a CA bundle costs far more than a probe.
+
+    `clear()` drops them all, e.g. on a config reload, so replaced certificate files are read again.
+    """
+
+    def __init__(self) -> None:
+        self._contexts: dict[TLSClientConfig, SSL.Context] = {}
+        self._client_certs: dict[str, CertInfo] = {}
+
+    def context(self, config: TLSClientConfig) -> SSL.Context:
+        ctx = self._contexts.get(config)
+        if ctx is None:
+            ctx = self._contexts[config] = make_client_context(config)
+        return ctx
+
+    def client_cert(self, config: TLSClientConfig) -> CertInfo | None:
+        if config.cert_file is None:
+            return None
+        info = self._client_certs.get(config.cert_file)
+        if info is None:
+            info = self._client_certs[config.cert_file] = load_cert_info(config.cert_file)
+        return info
+
+    def clear(self) -> None:
+        self._contexts.clear()
+        self._client_certs.clear()
+
+
+_DEFAULT_CACHE = TLSContextCache()
+
+
+@dataclass(slots=True)
+class _Run:
+    """Mutable bookkeeping for one address while it is being probed; frozen into a ProbeResult at the end."""
+
+    start: float
+    phase: Phase = Phase.CONNECT
+    marks: dict[str, float] = field(default_factory=dict)
+    transcript: list[TranscriptEntry] = field(default_factory=list)
+    response: Response | None = None
+    tls_info: TLSInfo | None = None
+    provisional: int = 0
+    mismatched: int = 0
+
+    def note(self, kind: str, text: str) -> None:
+        if len(text) > _TRANSCRIPT_TEXT_CAP:
+            text = text[:_TRANSCRIPT_TEXT_CAP] + f"... [{len(text) - _TRANSCRIPT_TEXT_CAP} more characters]"
+        self.transcript.append(TranscriptEntry(trio.current_time() - self.start, kind, text))
+
+
+async def probe(
+    spec: SipProbeSpec,
+    *,
+    deadline: float,
+    contexts: TLSContextCache | None = None,
+) -> list[ProbeResult]:
+    """Probe every address of `spec.host`; return one result per address (one `dns_error` result if none).
+
+    `deadline` is absolute, in `trio.current_time()` units. Raises `TLSConfigError` for unusable local TLS
+    files (our configuration, not the peer's fault); every peer or network failure is a result.
+    """
+    contexts = contexts or _DEFAULT_CACHE
+    ctx: SSL.Context | None = None
+    client_cert: CertInfo | None = None
+    if spec.transport == "tls":
+        tls_config = spec.tls or TLSClientConfig()
+        ctx = contexts.context(tls_config)
+        client_cert = contexts.client_cert(tls_config)
+    started_at = datetime.now(UTC)
+    start = trio.current_time()
+    addresses: list[ResolvedAddress] = []
+    error = ""
+    with trio.move_on_at(deadline) as scope:
+        try:
+            addresses = await resolve(spec.host, spec.port, families=spec.families)
+        except ResolveError as exc:
+            error = exc.detail
+    resolve_s = trio.current_time() - start
+    if scope.cancelled_caught:
+        error = f"name resolution of {spec.host} did not finish before the deadline"
+    if not addresses:
+        return [
+            _result(
+                spec,
+                None,
+                _Run(start=start, phase=Phase.RESOLVE),
+                Reason.DNS_ERROR,
+                error or f"{spec.host} has no address",
+                Timings(resolve=resolve_s, total=resolve_s),
+                client_cert=client_cert,
+                started_at=started_at,
+            )
+        ]
+
+    results: list[ProbeResult | None] = [None] * len(addresses)
+
+    async def one(i: int, address: ResolvedAddress) -> None:
+        results[i] = await _probe_address(
+            spec, address, ctx, deadline, start, resolve_s, client_cert, started_at
+        )
+
+    async with trio.open_nursery() as nursery:
+        for i, address in enumerate(addresses):
+            nursery.start_soon(one, i, address)
+    return [r for r in results if r is not None]
+
+
+async def _probe_address(
+    spec: SipProbeSpec,
+    address: ResolvedAddress,
+    ctx: SSL.Context | None,
+    deadline: float,
+    start: float,
+    resolve_s: float,
+    client_cert: CertInfo | None,
+    started_at: datetime,
+) -> ProbeResult:
+    run = _Run(start=start)
+    run.marks["connect"] = trio.current_time()
+    reason = Reason.OK
+    detail = ""
+    with trio.move_on_at(deadline) as scope:
+        try:
+            reason, detail = await _exchange(spec, address, ctx, run)
+        except (NetError, RemoteProtocolError) as exc:
+            reason, detail = _classify(exc, run)
+            run.note("error", detail)
+    end = trio.current_time()
+    if scope.cancelled_caught:
+        reason = {
+            Phase.CONNECT: Reason.CONNECT_TIMEOUT,
+            Phase.TLS: Reason.TLS_HANDSHAKE_TIMEOUT,
+        }.get(run.phase, Reason.SIP_TIMEOUT)
+        detail = f"no answer within the deadline during {run.phase.value}"
+        if run.phase is Phase.SIP and run.provisional:
+            detail += f" (after {run.provisional} provisional response(s))"
+        run.note("error", detail)
+    timings = _timings(run, resolve_s, end)
+    return _result(
+        spec, address, run, reason, detail, timings, client_cert=client_cert, started_at=started_at
+    )
+
+
+async def _exchange(
+    spec: SipProbeSpec, address: ResolvedAddress, ctx: SSL.Context | None, run: _Run
+) -> tuple[Reason, str]:
+    """Connect, handshake, send OPTIONS and read until a matching final response. Raises on failure."""
+    run.phase = Phase.CONNECT
+    tcp = await open_tcp(address, spec.port)
+    stream: trio.abc.Stream = tcp
+    try:
+        run.marks["connected"] = trio.current_time()
+        local_host, local_port = tcp.socket.getsockname()[:2]
+        local_host = local_host.split("%", 1)[0]  # a link-local zone id has no place in a SIP URI
+        run.note(
+            "info", f"connected to {_hostport(address.address, spec.port)} from {local_host}:{local_port}"
+        )
+        if ctx is not None:
+            run.phase = Phase.TLS
+            sni = spec.server_name or (None if _is_ip(spec.host) else spec.host.strip("[]"))
+            tls_stream = TLSStream(
+                tcp,
+                ctx,
+                server_hostname=sni,
+                verify_hostname=spec.verify_name,
+                insecure=bool(spec.tls and spec.tls.insecure),
+            )
+            stream = tls_stream
+            try:
+                run.tls_info = await tls_stream.do_handshake()
+            finally:
+                run.marks["tls_done"] = trio.current_time()
+                if run.tls_info is None:
+                    run.tls_info = tls_stream.info()
+            run.note("info", _describe_tls(run.tls_info))
+        run.phase = Phase.SIP
+        request = build_options(
+            target_host=spec.host,
+            target_port=spec.port,
+            transport=spec.transport,
+            local_host=local_host,
+            local_port=local_port,
+            from_domain=spec.from_domain,
+            uri_scheme=spec.uri_scheme,
+        )
+        run.marks["sip_start"] = trio.current_time()
+        run.note("send", request.raw.decode("utf-8", "replace"))
+        await stream.send_all(request.raw)
+        final = await _await_final(stream, ClientTransaction(request), run)
+        run.marks["sip_done"] = trio.current_time()
+        run.response = final
+        if is_healthy(final.status_code, spec.accept_status):
+            return Reason.OK, f"{final.status_code} {final.reason}".strip()
+        return Reason.SIP_UNHEALTHY_STATUS, (
+            f"status {final.status_code} is not in the accepted set {_fmt_codes(spec.accept_status)}"
+        )
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(stream)
+
+
+async def _await_final(stream: trio.abc.Stream, tx: ClientTransaction, run: _Run) -> Response:
+    parser = StreamParser()
+    try:
+        while True:
+            data = await stream.receive_some(_RECV_CHUNK)
+            parser.feed(bytes(data))
+            while True:
+                message = parser.next_message()
+                if message is NEED_DATA:
+                    break
+                run.note("recv", message.raw.decode("utf-8", "replace"))
+                final = tx.receive(message)
+                if final is not None:
+                    return final
+            if not data:
+                raise ConnectionClosed("the peer closed the connection before a final response")
+    finally:
+        run.provisional = tx.provisional
+        run.mismatched = tx.mismatched
+        for why in tx.mismatch_reasons:
+            run.note("info", f"ignored a message that does not match our request: {why}")
+
+
+def _classify(exc: Exception, run: _Run) -> tuple[Reason, str]:
+    """The one place where transport and parser exceptions become reasons."""
+    if isinstance(exc, TLSError):
+        if exc.info is not None:
+            run.tls_info = exc.info
+        detail = exc.detail
+        if exc.kind == "client_cert_rejected":
+            run.phase = Phase.TLS  # even when TLS 1.3 reported it on the first read, in phase sip
+            return Reason.TLS_CLIENT_CERT_REJECTED, detail
+        if exc.kind == "verify_failed":
+            return Reason.TLS_VERIFY_FAILED, detail
+        run.phase = Phase.TLS if run.phase is not Phase.SIP else run.phase
+        return Reason.TLS_HANDSHAKE_FAILED, detail
+    if isinstance(exc, ConnectRefused):
+        return Reason.CONNECT_REFUSED, exc.detail
+    if isinstance(exc, ConnectError):
+        return Reason.CONNECT_ERROR, exc.detail
+    if isinstance(exc, ConnectionClosed):
+        return Reason.CONNECTION_CLOSED, exc.detail
+    if isinstance(exc, RemoteProtocolError):
+        return Reason.SIP_PROTOCOL_ERROR, f"{exc} ({exc.code})"
+    if isinstance(exc, NetError):
+        return Reason.CONNECT_ERROR, exc.detail
+    raise exc  # pragma: no cover - _probe_address only passes the types above
+
+
+def _timings(run: _Run, resolve_s: float, end: float) -> Timings:
+    m = run.marks
+
+    def span(a: str, b: str) -> float | None:
+        if a not in m:
+            return None
+        return m.get(b, end) - m[a]
+
+    return Timings(
+        resolve=resolve_s,
+        connect=(m["connected"] - m["connect"]) if "connected" in m else span("connect", "connected"),
+        tls=(m["tls_done"] - m["connected"]) if "tls_done" in m else None,
+        sip=span("sip_start", "sip_done"),
+        total=end - run.start,
+    )
+
+
+def _result(
+    spec: SipProbeSpec,
+    address: ResolvedAddress | None,
+    run: _Run,
+    reason: Reason,
+    detail: str,
+    timings: Timings,
+    *,
+    client_cert: CertInfo | None,
+    started_at: datetime,
+) -> ProbeResult:
+    response = run.response
+    return ProbeResult(
+        target=spec.host,
+        address=address.address if address else "",
+        family=address.family if address else "",
+        port=spec.port,
+        transport=spec.transport,
+        listener=spec.listener,
+        success=reason is Reason.OK,
+        alive=response is not None,
+        reason=reason,
+        phase=None if reason is Reason.OK else run.phase,
+        detail=detail,
+        timings=timings,
+        status_code=response.status_code if response else None,
+        reason_phrase=response.reason if response else None,
+        server=response.server if response else None,
+        ms_diagnostics=response.ms_diagnostics if response else None,
+        retry_after=response.retry_after if response else None,
+        provisional_responses=run.provisional,
+        mismatched_responses=run.mismatched,
+        tls=run.tls_info,
+        client_cert=client_cert,
+        insecure=bool(spec.transport == "tls" and spec.tls and spec.tls.insecure),
+        started_at=started_at,
+        transcript=tuple(run.transcript),
+    )
+
+
+def _describe_tls(info: TLSInfo) -> str:
+    text = f"TLS {info.version} {info.cipher}, verified={info.verified}"
+    if info.peer_chain:
+        leaf = info.peer_chain[0]
+        text += f", peer {leaf.subject} issued by {leaf.issuer}, expires {leaf.not_after.isoformat()}"
+    if info.verify_error:
+        text += f" ({info.verify_error})"
+    return text
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _fmt_codes(codes: frozenset[int]) -> str:
+    return "{" + ", ".join(str(c) for c in sorted(codes)) + "}"
