@@ -1,0 +1,1204 @@
+"""probes.toml -> frozen configuration values for the daemon (`umprobe run`) and `umprobe config check`.
+
+The file format is documented key by key in docs/configuration.md; the set of accepted keys lives here as
+data (`KNOWN_KEYS`), and a test keeps the two in step.
+
+Theory of operation
+-------------------
+1. `tomllib` parses the text. A syntax error becomes one `ConfigError` line with tomllib's line and column.
+2. Every table is checked against `KNOWN_KEYS` before anything else is read from it: an unknown key is an
+   error naming its full key path, with a "did you mean" when a known key is close.
+3. Module keys are validated *where they are written* (`[defaults]` once, each `[modules.NAME]` once) and
+   each value keeps its origin, the key path it was written at. Modules are then built by overlay:
+
+       built-in defaults < [defaults] < [modules.NAME] < a [[targets]] entry's overrides
+
+   so an error that involves two values (`timeout` not below `interval`, `min_tls` above `max_tls`) blames
+   the more specific of the two, at the place where it was written.
+4. Targets expand into probes: a `module` target gives one probe per host; a `profile` target gives one
+   probe per host and Exchange UM listener (`umprobe.profiles.expand_profile`), plain listeners through
+   `tcp_module` and TLS listeners through `tls_module`. Probe ids and `probe` label values must be unique.
+5. TLS modules are judged by `make_client_context`, the same code the probes use: cipher strings always,
+   files (readable, a certificate, a key that matches it) unless `check_files=False`.
+
+Line numbers: tomllib reports none once a file has parsed. `_SourceIndex` runs a small TOML lexer over the
+text (strings of all four kinds, comments, brackets) and records the line of every table header and every
+`key =` statement under its full key path, so an error can say `probes.toml:LINE:`. A key inside an inline
+table is reported at the line of the inline table; a path it cannot place is reported without a line.
+
+File paths (`ca_file`, `cert_file`, `key_file`) are relative to the directory of the config file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import math
+import re
+import tomllib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Final, Literal, NoReturn
+
+from umprobe.errors import UserError
+from umprobe.net.errors import TLSConfigError
+from umprobe.net.tls import TLS_VERSIONS, TLSClientConfig, make_client_context
+from umprobe.probes.sip_options import SipProbeSpec
+from umprobe.profiles import PROFILES, UM_MODES, expand_profile
+from umprobe.sip import DEFAULT_ACCEPT, parse_accept_status
+from umprobe.targets import TargetError, parse_target
+
+__all__ = [
+    "BUILTIN_LABELS",
+    "BUILTIN_MODULES",
+    "DEFAULT_INTERVAL",
+    "DEFAULT_TIMEOUT",
+    "KNOWN_KEYS",
+    "LOG_LEVELS",
+    "MODULE_KEYS",
+    "PROFILE_ROLES",
+    "TARGET_KEYS",
+    "TLS_ONLY_KEYS",
+    "Config",
+    "ConfigError",
+    "ExporterConfig",
+    "LogConfig",
+    "ModuleConfig",
+    "ProbeConfig",
+    "SchedulerConfig",
+    "describe",
+    "load_config",
+    "parse_config",
+]
+
+# --------------------------------------------------------------------------------------------------------
+# The schema as data
+
+MODULE_KEYS: Final = frozenset(
+    {
+        "transport",
+        "port",
+        "ca_file",
+        "cert_file",
+        "key_file",
+        "insecure",
+        "min_tls",
+        "max_tls",
+        "ciphers",
+        "server_name",
+        "accept_status",
+        "timeout",
+        "interval",
+        "families",
+        "from_domain",
+    }
+)
+#: Keys that only mean something on a TLS module; written in a plain TCP module's own table they are errors.
+TLS_ONLY_KEYS: Final = frozenset(
+    {"ca_file", "cert_file", "key_file", "insecure", "min_tls", "max_tls", "ciphers", "server_name"}
+)
+_PROFILE_ONLY_KEYS: Final = (
+    "um_mode",
+    "tcp_module",
+    "tls_module",
+    "roles",
+    "call_router_tcp_port",
+    "call_router_tls_port",
+)
+TARGET_KEYS: Final = frozenset(
+    {"host", "name", "labels", "module", "port", "profile", "timeout", "interval", "server_name"}
+    | set(_PROFILE_ONLY_KEYS)
+)
+
+#: Every key the config accepts, per section. "top" is the file's top level; "modules.NAME" is any module.
+KNOWN_KEYS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
+    {
+        "top": frozenset({"defaults", "modules", "targets", "exporter", "scheduler", "log"}),
+        "defaults": MODULE_KEYS,
+        "modules.NAME": MODULE_KEYS,
+        "targets": TARGET_KEYS,
+        "exporter": frozenset({"listen", "probe_allow"}),
+        "scheduler": frozenset({"max_concurrency"}),
+        "log": frozenset({"format", "level"}),
+    }
+)
+
+#: Label names the exporter sets itself; a target's `labels` may not use them.
+BUILTIN_LABELS: Final = frozenset(
+    {"probe", "target", "address", "port", "transport", "listener", "family", "job", "instance"}
+)
+#: Modules that exist without being defined (a `[modules.NAME]` of the same name replaces one).
+BUILTIN_MODULES: Final[Mapping[str, str]] = MappingProxyType({"sip_tcp": "tcp", "sip_tls": "tls"})
+PROFILE_ROLES: Final = ("call_router", "um_service", "um_worker")
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+DEFAULT_TIMEOUT: Final = 5.0
+DEFAULT_INTERVAL: Final = 30.0
+_DEFAULT_LISTEN: Final = "127.0.0.1:9874"
+_FAMILIES: Final = ("ipv4", "ipv6")
+_MAX_CONCURRENCY: Final = 100_000
+
+_LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_MODULE_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
+_HOST_NAME: Final = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9_*](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63})*\.?"
+)
+_TOML_POSITION: Final = re.compile(
+    r"^(?P<msg>.*?)\s*\(at (?:line (?P<line>\d+), column (?P<col>\d+)|end of document)\)$"
+)
+
+KeyPath = tuple[str | int, ...]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Values
+
+
+class ConfigError(UserError):
+    """probes.toml is unusable. `str(e)` is one line: "FILE[:LINE]: KEY.PATH = VALUE: what is wrong".
+
+    `source`, `key` (the dotted key path or None) and `line` (or None) are kept for tests and tools.
+    """
+
+    def __init__(self, message: str, *, source: str, key: str | None = None, line: int | None = None) -> None:
+        super().__init__(message)
+        self.source = source
+        self.key = key
+        self.line = line
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleConfig:
+    """How to probe: transport, TLS, judgement and timing. `port` None means 5060 for tcp, 5061 for tls."""
+
+    name: str
+    transport: Literal["tcp", "tls"]
+    port: int | None
+    tls: TLSClientConfig | None  # None for transport "tcp"
+    server_name: str | None
+    accept_status: frozenset[int]
+    timeout: float
+    interval: float
+    families: tuple[str, ...]
+    from_domain: str | None
+
+    @property
+    def default_port(self) -> int:
+        """The port a module target uses when it names none: the module's, else the transport's default."""
+        return self.port if self.port is not None else (5061 if self.transport == "tls" else 5060)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeConfig:
+    """One probe the daemon runs on its own interval: a listener of a target, through a module."""
+
+    id: str  # "host|listener|transport|port|module": stable identity for schedule spread and reload diffing
+    name: str  # value of the `probe` label: "<target name>:<port>/<transport>"
+    target: str  # the host (value of the `target` label)
+    module: str
+    spec: SipProbeSpec
+    interval: float
+    timeout: float
+    labels: tuple[tuple[str, str], ...]  # the target's extra labels, sorted by name
+    required: bool = True
+    group: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExporterConfig:
+    """`[exporter]`: where the HTTP face listens and which hosts `/probe?target=` may probe."""
+
+    listen: str = _DEFAULT_LISTEN
+    probe_allow: tuple[str, ...] = ()  # () = only hosts in [[targets]]; "*" = any; else CIDRs or host names
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """`[scheduler]`: how many probes may run at once."""
+
+    max_concurrency: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """`[log]`: log line format and level."""
+
+    format: Literal["text", "json"] = "text"
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A whole validated probes.toml."""
+
+    source: str
+    modules: Mapping[str, ModuleConfig]
+    probes: tuple[ProbeConfig, ...]
+    exporter: ExporterConfig = ExporterConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    log: LogConfig = LogConfig()
+
+    @property
+    def extra_label_names(self) -> tuple[str, ...]:
+        """Every extra label name any probe carries, sorted (probes without one get an empty value)."""
+        return tuple(sorted({name for probe in self.probes for name, _ in probe.labels}))
+
+    @property
+    def target_hosts(self) -> frozenset[str]:
+        """The hosts of [[targets]]: what `/probe` may probe when `probe_allow` is empty."""
+        return frozenset(probe.target for probe in self.probes)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Rendering keys and values for messages
+
+
+def _format_path(path: KeyPath) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            text = part if _BARE_KEY.fullmatch(part) else json.dumps(part, ensure_ascii=False)
+            out += f".{text}" if out else text
+    return out
+
+
+def _render(value: object, limit: int = 80) -> str:
+    """A value as it would be written in TOML, on one line, cut at `limit` characters."""
+    text = _render_inner(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _render_inner(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_render_inner(v) for v in value) + "]"
+    if isinstance(value, dict):
+        inner = ", ".join(f"{_format_path((str(k),))} = {_render_inner(v)}" for k, v in value.items())
+        return "{ " + inner + " }" if inner else "{}"
+    return json.dumps(str(value))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+# --------------------------------------------------------------------------------------------------------
+# Line numbers: a small TOML lexer that maps key paths to the line they are written on
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    kind: Literal["str", "bare", "punct", "nl", "other"]
+    text: str
+    line: int
+    start: int
+    end: int
+
+
+def _string_end(text: str, i: int) -> int:
+    """The index just past the string starting at `i` (any of TOML's four kinds)."""
+    for delim in ('"""', "'''"):
+        if text.startswith(delim, i):
+            j = i + 3
+            while True:
+                if delim == '"""' and text[j] == "\\":
+                    j += 2
+                    continue
+                if text.startswith(delim, j):
+                    j += 3
+                    for _ in range(2):  # up to two quotes of the content may sit right before the delimiter
+                        if j < len(text) and text[j] == delim[0]:
+                            j += 1
+                    return j
+                j += 1
+    quote = text[i]
+    j = i + 1
+    while text[j] != quote:
+        if quote == '"' and text[j] == "\\":
+            j += 1
+        j += 1
+    return j + 1
+
+
+def _lex(text: str) -> Iterator[_Token]:
+    i, line, n = 0, 1, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\n":
+            yield _Token("nl", c, line, i, i + 1)
+            line += 1
+            i += 1
+        elif c in " \t\r":
+            i += 1
+        elif c == "#":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+        elif c in "\"'":
+            end = _string_end(text, i)
+            yield _Token("str", text[i:end], line, i, end)
+            line += text.count("\n", i, end)
+            i = end
+        elif c in "[]{}=.,":
+            yield _Token("punct", c, line, i, i + 1)
+            i += 1
+        elif m := _BARE_KEY.match(text, i):
+            yield _Token("bare", m.group(), line, i, m.end())
+            i = m.end()
+        else:
+            yield _Token("other", c, line, i, i + 1)
+            i += 1
+
+
+def _key_text(token: _Token) -> str:
+    if token.kind != "str":
+        return token.text
+    try:
+        value = tomllib.loads(f"k = {token.text}")["k"]
+    except tomllib.TOMLDecodeError:
+        return token.text.strip("\"'")
+    return str(value)
+
+
+class _SourceIndex:
+    """Key path -> line number of a parsed TOML text (best effort, never raises)."""
+
+    def __init__(self, text: str) -> None:
+        self._lines: dict[KeyPath, int] = {}
+        try:
+            self._scan(list(_lex(text)))
+        except Exception:  # a lexer slip must never hide the real error: report without lines instead
+            self._lines.clear()
+
+    def line(self, path: KeyPath) -> int | None:
+        for k in range(len(path), 0, -1):
+            found = self._lines.get(path[:k])
+            if found is not None:
+                return found
+        return None
+
+    def _record(self, path: KeyPath, line: int) -> None:
+        for k in range(1, len(path) + 1):
+            self._lines.setdefault(path[:k], line)
+
+    def _scan(self, tokens: list[_Token]) -> None:
+        arrays: dict[KeyPath, int] = {}
+        table: KeyPath = ()
+        i, n = 0, len(tokens)
+        while i < n:
+            tok = tokens[i]
+            if tok.kind == "nl":
+                i += 1
+                continue
+            if tok.kind == "punct" and tok.text == "[":
+                double = i + 1 < n and tokens[i + 1].text == "[" and tokens[i + 1].start == tok.end
+                i += 2 if double else 1
+                parts: list[str] = []
+                while i < n and tokens[i].text != "]":
+                    if tokens[i].kind in ("bare", "str"):
+                        parts.append(_key_text(tokens[i]))
+                    i += 1
+                concrete: list[str | int] = []
+                for j, part in enumerate(parts):
+                    concrete.append(part)
+                    here = tuple(concrete)
+                    last = j == len(parts) - 1
+                    if last and double:
+                        arrays[here] = arrays.get(here, 0) + 1
+                        concrete.append(arrays[here] - 1)
+                    elif here in arrays:
+                        concrete.append(arrays[here] - 1)
+                table = tuple(concrete)
+                self._record(table, tok.line)
+                while i < n and tokens[i].kind != "nl":
+                    i += 1
+                continue
+            # a key/value statement: dotted key, "=", then the value up to a newline outside brackets
+            key: list[str] = []
+            while i < n and tokens[i].text != "=":
+                if tokens[i].kind in ("bare", "str"):
+                    key.append(_key_text(tokens[i]))
+                i += 1
+            self._record((*table, *key), tok.line)
+            i += 1
+            depth = 0
+            while i < n and not (tokens[i].kind == "nl" and depth == 0):
+                if tokens[i].text in "[{" and tokens[i].kind == "punct":
+                    depth += 1
+                elif tokens[i].text in "]}" and tokens[i].kind == "punct":
+                    depth -= 1
+                i += 1
+
+
+# --------------------------------------------------------------------------------------------------------
+# The builder
+
+
+@dataclass(frozen=True, slots=True)
+class _Val:
+    """A validated value, the value as written, and where it was written (None: a built-in default)."""
+
+    value: object
+    raw: object
+    origin: KeyPath | None
+
+
+_MISSING: Final = object()
+
+
+def _rank(origin: KeyPath | None) -> int:
+    if origin is None:
+        return 0
+    return {"defaults": 1, "modules": 2, "targets": 3}.get(str(origin[0]), 0)
+
+
+class _Reader:
+    """Holds the source for error messages; every check raises one ConfigError through `fail`."""
+
+    def __init__(self, text: str, source: str, base_dir: Path | None) -> None:
+        self.text = text
+        self.source = source
+        self.base_dir = base_dir
+        self._index: _SourceIndex | None = None
+
+    def fail(self, path: KeyPath, detail: str, value: object = _MISSING) -> NoReturn:
+        if self._index is None:
+            self._index = _SourceIndex(self.text)
+        line = self._index.line(path) if path else None
+        where = f"{self.source}:{line}" if line is not None else self.source
+        key = _format_path(path) if path else None
+        subject = "" if key is None else key if value is _MISSING else f"{key} = {_render(value)}"
+        message = _one_line(f"{where}: {subject}: {detail}" if subject else f"{where}: {detail}")
+        raise ConfigError(message, source=self.source, key=key, line=line)
+
+    def fail_val(self, val: _Val, detail: str) -> NoReturn:
+        assert val.origin is not None, "built-in defaults are valid"
+        self.fail(val.origin, detail, val.raw)
+
+    # --- tables and keys
+
+    def table(self, value: object, path: KeyPath, what: str) -> dict[str, object]:
+        if not isinstance(value, dict):
+            self.fail(path, f"must be a table ({what})", value)
+        return value
+
+    def check_keys(self, table: Mapping[str, object], path: KeyPath, section: str) -> None:
+        known = KNOWN_KEYS[section]
+        for key, value in table.items():
+            if key in known:
+                continue
+            close = difflib.get_close_matches(key.lower(), sorted(known), n=1, cutoff=0.6)
+            homes = [s for s, keys in KNOWN_KEYS.items() if key in keys and s != section]
+            if close:
+                hint = f"did you mean {close[0]}?"
+            elif homes:
+                hint = f"it belongs in {_section_title(homes[0])}"
+            else:
+                hint = f"known keys here: {', '.join(sorted(known))}"
+            self.fail((*path, key), f"unknown key ({hint})", value)
+
+    # --- scalar checks
+
+    def string(self, value: object, path: KeyPath) -> str:
+        if not isinstance(value, str):
+            self.fail(path, "must be a string", value)
+        if not value.strip():
+            self.fail(path, "must not be empty", value)
+        return value
+
+    def choice(self, value: object, path: KeyPath, choices: Sequence[str]) -> str:
+        if not isinstance(value, str) or value not in choices:
+            self.fail(path, f"must be one of {', '.join(json.dumps(c) for c in choices)}", value)
+        return value
+
+    def boolean(self, value: object, path: KeyPath) -> bool:
+        if not isinstance(value, bool):
+            self.fail(path, "must be true or false", value)
+        return value
+
+    def integer(self, value: object, path: KeyPath, low: int, high: int, what: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            self.fail(path, f"must be {what} from {low} to {high}", value)
+        return value
+
+    def port(self, value: object, path: KeyPath) -> int:
+        return self.integer(value, path, 1, 65535, "a port number")
+
+    def seconds(self, value: object, path: KeyPath) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            quoted = ' (unquoted: 5, not "5s")' if isinstance(value, str) else ""
+            self.fail(path, f"must be a number of seconds{quoted}", value)
+        if value <= 0:
+            self.fail(path, "must be a positive number of seconds", value)
+        return float(value)
+
+    def host_name(self, value: object, path: KeyPath) -> str:
+        text = self.string(value, path)
+        try:
+            target = parse_target(text)
+        except TargetError:
+            self.fail(path, "must be a host name or an IP address", value)
+        if target.port is not None or target.scheme is not None:
+            self.fail(path, "must be a bare host name or IP address (no port, no sip: URI)", value)
+        return target.host
+
+    def file_path(self, value: object, path: KeyPath) -> str:
+        text = self.string(value, path)
+        file = Path(text).expanduser()
+        if not file.is_absolute() and self.base_dir is not None:
+            file = self.base_dir / file
+        return str(file)
+
+    # --- module keys
+
+    def module_value(self, key: str, value: object, path: KeyPath) -> object:
+        """Validate one module key (as written in [defaults] or [modules.NAME]); return the typed value."""
+        if key == "transport":
+            return self.choice(value, path, ("tcp", "tls"))
+        if key == "port":
+            return self.port(value, path)
+        if key in ("ca_file", "cert_file", "key_file"):
+            return self.file_path(value, path)
+        if key == "insecure":
+            return self.boolean(value, path)
+        if key in ("min_tls", "max_tls"):
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                self.fail(path, f'must be a string: quote the version, e.g. "{value}"', value)
+            return self.choice(value, path, TLS_VERSIONS)
+        if key == "ciphers":
+            return self.string(value, path)
+        if key in ("server_name", "from_domain"):
+            return self.host_name(value, path)
+        if key == "accept_status":
+            return self.accept_status(value, path)
+        if key in ("timeout", "interval"):
+            return self.seconds(value, path)
+        if key == "families":
+            return self.families(value, path)
+        raise AssertionError(f"unhandled module key {key}")  # pragma: no cover
+
+    def accept_status(self, value: object, path: KeyPath) -> frozenset[int]:
+        if isinstance(value, str):
+            spec = value
+        elif isinstance(value, list) and value:
+            for item in value:
+                if isinstance(item, bool) or not isinstance(item, int | str):
+                    self.fail(path, 'must be a string like "2xx" or a list of status codes', value)
+            spec = ",".join(str(item) for item in value)
+        else:
+            self.fail(path, 'must be a string like "200,202", "2xx" or "200-299", or a list of codes', value)
+        try:
+            return parse_accept_status(spec)
+        except ValueError as exc:
+            self.fail(path, str(exc), value)
+
+    def families(self, value: object, path: KeyPath) -> tuple[str, ...]:
+        if not isinstance(value, list) or not value:
+            self.fail(path, 'must be a non-empty list of "ipv4" and/or "ipv6"', value)
+        for item in value:
+            if item not in _FAMILIES:
+                self.fail(path, f'{_render(item)} is not "ipv4" or "ipv6"', value)
+        if len(set(value)) != len(value):
+            self.fail(path, "lists a family twice", value)
+        return tuple(str(item) for item in value)
+
+
+def _section_title(section: str) -> str:
+    return {"top": "the top level", "targets": "[[targets]]"}.get(section, f"[{section}]")
+
+
+class _Builder:
+    """Turns the parsed TOML into a Config; one instance per parse."""
+
+    def __init__(self, reader: _Reader, data: dict[str, object], check_files: bool) -> None:
+        self.r = reader
+        self.data = data
+        self.check_files = check_files
+        self.modules: dict[str, ModuleConfig] = {}
+        self.module_vals: dict[str, dict[str, _Val]] = {}
+        self.user_modules: list[str] = []
+        self.used: set[str] = set()
+        self._checked_tls: set[TLSClientConfig] = set()
+
+    def build(self) -> Config:
+        r = self.r
+        r.check_keys(self.data, (), "top")
+        defaults = self._module_layer(self.data.get("defaults", {}), ("defaults",), "[defaults]")
+        self._modules(defaults)
+        probes = self._targets()
+        for name in self.modules:
+            if name in self.user_modules or name in self.used:
+                self._check_tls(name)
+        return Config(
+            source=r.source,
+            modules=MappingProxyType(dict(self.modules)),
+            probes=tuple(probes),
+            exporter=self._exporter(),
+            scheduler=self._scheduler(),
+            log=self._log(),
+        )
+
+    # --- modules
+
+    def _module_layer(self, raw: object, path: KeyPath, what: str) -> dict[str, _Val]:
+        table = self.r.table(raw, path, what)
+        self.r.check_keys(table, path, "defaults" if path == ("defaults",) else "modules.NAME")
+        return {
+            key: _Val(self.r.module_value(key, value, (*path, key)), value, (*path, key))
+            for key, value in table.items()
+        }
+
+    def _modules(self, defaults: dict[str, _Val]) -> None:
+        r = self.r
+        builtin = {
+            "transport": _Val("tcp", "tcp", None),
+            "insecure": _Val(False, False, None),
+            "min_tls": _Val("1.2", "1.2", None),
+            "accept_status": _Val(DEFAULT_ACCEPT, None, None),
+            "timeout": _Val(DEFAULT_TIMEOUT, DEFAULT_TIMEOUT, None),
+            "interval": _Val(DEFAULT_INTERVAL, DEFAULT_INTERVAL, None),
+            "families": _Val(_FAMILIES, list(_FAMILIES), None),
+        }
+        tables = r.table(self.data.get("modules", {}), ("modules",), "[modules.NAME] tables")
+        layers: dict[str, dict[str, _Val]] = {
+            name: {"transport": _Val(transport, transport, None)}
+            for name, transport in BUILTIN_MODULES.items()
+        }
+        for name, raw in tables.items():
+            if not _MODULE_NAME.fullmatch(name):
+                r.fail(
+                    ("modules", name),
+                    "a module name must start with a letter or _ and hold only letters, digits, _ and -",
+                )
+            layers[name] = self._module_layer(raw, ("modules", name), f"[modules.{name}]")
+            self.user_modules.append(name)
+        for name, own in layers.items():
+            merged = {**builtin, **defaults, **own}
+            self.module_vals[name] = merged
+            self.modules[name] = self._module(name, merged, own)
+
+    def _module(self, name: str, vals: dict[str, _Val], own: dict[str, _Val]) -> ModuleConfig:
+        r = self.r
+        transport: Literal["tcp", "tls"] = "tls" if vals["transport"].value == "tls" else "tcp"
+        if transport == "tcp":
+            for key in sorted(TLS_ONLY_KEYS & own.keys()):
+                r.fail_val(own[key], 'only applies to transport "tls" (this module\'s transport is "tcp")')
+        self._check_timing(vals["timeout"], vals["interval"])
+
+        def opt(key: str) -> str | None:
+            val = vals.get(key)
+            return None if val is None else str(val.value)
+
+        tls: TLSClientConfig | None = None
+        if transport == "tls":
+            low, high = vals["min_tls"], vals.get("max_tls")
+            if high is not None and TLS_VERSIONS.index(str(high.value)) < TLS_VERSIONS.index(str(low.value)):
+                if _rank(low.origin) >= _rank(high.origin):
+                    r.fail_val(low, f"is above max_tls ({_render(high.raw)})")
+                r.fail_val(high, f"is below min_tls ({_render(low.raw)})")
+            if "key_file" in vals and "cert_file" not in vals:
+                r.fail_val(vals["key_file"], "needs cert_file: key_file is the private key of cert_file")
+            tls = TLSClientConfig(
+                ca_file=opt("ca_file"),
+                cert_file=opt("cert_file"),
+                key_file=opt("key_file"),
+                insecure=bool(vals["insecure"].value),
+                min_version=str(low.value),
+                max_version=opt("max_tls"),
+                ciphers=opt("ciphers"),
+            )
+        accept = vals["accept_status"].value
+        families = vals["families"].value
+        port = vals.get("port")
+        assert isinstance(accept, frozenset) and isinstance(families, tuple)
+        return ModuleConfig(
+            name=name,
+            transport=transport,
+            port=None if port is None else int(str(port.value)),
+            tls=tls,
+            server_name=opt("server_name") if transport == "tls" else None,
+            accept_status=accept,
+            timeout=float(str(vals["timeout"].value)),
+            interval=float(str(vals["interval"].value)),
+            families=tuple(str(f) for f in families),
+            from_domain=opt("from_domain"),
+        )
+
+    def _check_timing(self, timeout: _Val, interval: _Val) -> None:
+        t, i = float(str(timeout.value)), float(str(interval.value))
+        if t < i:
+            return
+        if _rank(timeout.origin) >= _rank(interval.origin):
+            self.r.fail_val(timeout, f"must be less than interval ({_render(interval.raw)}{_from(interval)})")
+        self.r.fail_val(interval, f"must be greater than timeout ({_render(timeout.raw)}{_from(timeout)})")
+
+    def _check_tls(self, name: str) -> None:
+        module = self.modules[name]
+        if module.tls is None:
+            return
+        vals = self.module_vals[name]
+        bare = TLSClientConfig(
+            insecure=module.tls.insecure,
+            min_version=module.tls.min_version,
+            max_version=module.tls.max_version,
+            ciphers=module.tls.ciphers,
+        )
+        for config in (bare, module.tls) if self.check_files else (bare,):
+            if config in self._checked_tls:
+                continue
+            try:
+                make_client_context(config)
+            except TLSConfigError as exc:
+                message = _one_line(str(exc))
+                self.r.fail_val(_blame_tls(vals, message), message)
+            self._checked_tls.add(config)
+
+    # --- targets
+
+    def _targets(self) -> list[ProbeConfig]:
+        r = self.r
+        raw = self.data.get("targets", [])
+        if not isinstance(raw, list):
+            r.fail(("targets",), "must be an array of tables ([[targets]])", raw)
+        probes: list[ProbeConfig] = []
+        ids: dict[str, KeyPath] = {}
+        names: dict[str, KeyPath] = {}
+        for index, entry in enumerate(raw):
+            path: KeyPath = ("targets", index)
+            table = r.table(entry, path, "[[targets]]")
+            r.check_keys(table, path, "targets")
+            for probe in self._target(table, path):
+                if probe.id in ids:
+                    r.fail(
+                        (*path, "host"),
+                        f"probe {json.dumps(probe.id)} is defined twice"
+                        f" (also by {_format_path(ids[probe.id])})",
+                        table.get("host"),
+                    )
+                if probe.name in names:
+                    r.fail(
+                        (*path, "name" if "name" in table else "host"),
+                        f"probe name {json.dumps(probe.name)} is used twice"
+                        f" (also by {_format_path(names[probe.name])}); give one of the targets another name",
+                        table.get("name", table.get("host")),
+                    )
+                ids[probe.id] = names[probe.name] = path
+                probes.append(probe)
+        return probes
+
+    def _target(self, table: dict[str, object], path: KeyPath) -> list[ProbeConfig]:
+        r = self.r
+        if "host" not in table:
+            r.fail(path, "host is required (a host name, an IP address or a list of them)")
+        raw_hosts = table["host"]
+        host_list = raw_hosts if isinstance(raw_hosts, list) else [raw_hosts]
+        if not host_list:
+            r.fail((*path, "host"), "must name at least one host", raw_hosts)
+        hosts: list[str] = []
+        for item in host_list:
+            if not isinstance(item, str):
+                r.fail((*path, "host"), "must be a string or a list of strings", raw_hosts)
+            host = r.host_name(item, (*path, "host"))
+            if host in hosts:
+                r.fail((*path, "host"), f"lists {json.dumps(host)} twice", raw_hosts)
+            hosts.append(host)
+        name: str | None = None
+        if "name" in table:
+            name = r.string(table["name"], (*path, "name"))
+            if any(ord(c) < 32 or ord(c) == 127 for c in name):
+                r.fail((*path, "name"), "must be one line without control characters", name)
+            if len(hosts) > 1:
+                r.fail((*path, "name"), f"a name needs a single host (host lists {len(hosts)})", name)
+        labels = self._labels(table.get("labels", {}), (*path, "labels"))
+        overrides: dict[str, _Val] = {
+            key: _Val(r.module_value(key, table[key], (*path, key)), table[key], (*path, key))
+            for key in ("timeout", "interval", "server_name")
+            if key in table
+        }
+        has_module, has_profile = "module" in table, "profile" in table
+        if has_module == has_profile:
+            what = "both" if has_module else "neither"
+            r.fail(path, f'a target needs either module = "NAME" or profile = "...", not {what}')
+        out: list[ProbeConfig] = []
+        if has_module:
+            for key in _PROFILE_ONLY_KEYS:
+                if key in table:
+                    r.fail((*path, key), "only applies to a target with a profile", table[key])
+            module = self._module_ref(table, path, "module", None)
+            port = r.port(table["port"], (*path, "port")) if "port" in table else None
+            for host in hosts:
+                out.append(self._probe(host, name, module, port or module.default_port, "custom", True, None))
+        else:
+            if "port" in table:
+                r.fail(
+                    (*path, "port"),
+                    "a profile decides the ports: use call_router_tcp_port / call_router_tls_port",
+                    table["port"],
+                )
+            profile = r.choice(table["profile"], (*path, "profile"), PROFILES)
+            mode = r.choice(table.get("um_mode", "dual"), (*path, "um_mode"), UM_MODES)
+            roles = self._roles(table, path)
+            ports = {"call_router_tcp_port": 5060, "call_router_tls_port": 5061}
+            for key in ports:
+                if key in table:
+                    ports[key] = r.port(table[key], (*path, key))
+                    if "call_router" not in roles:
+                        r.fail((*path, key), "has no effect: roles does not include call_router", table[key])
+            listeners = expand_profile(
+                profile,
+                mode,
+                roles=roles,
+                call_router_tcp_port=ports["call_router_tcp_port"],
+                call_router_tls_port=ports["call_router_tls_port"],
+            )
+            tcp_module: ModuleConfig | None = None
+            tls_module: ModuleConfig | None = None
+            if any(spec.transport == "tcp" for spec in listeners) or "tcp_module" in table:
+                tcp_module = self._module_ref(table, path, "tcp_module", "tcp")
+            if any(spec.transport == "tls" for spec in listeners) or "tls_module" in table:
+                tls_module = self._module_ref(table, path, "tls_module", "tls")
+            for host in hosts:
+                for spec in listeners:
+                    chosen = tcp_module if spec.transport == "tcp" else tls_module
+                    assert chosen is not None
+                    out.append(
+                        self._probe(host, name, chosen, spec.port, spec.listener, spec.required, spec.group)
+                    )
+        if "server_name" in overrides and all(probe.spec.transport == "tcp" for probe in out):
+            r.fail_val(overrides["server_name"], "only applies to TLS listeners (this target has none)")
+        return [self._finish(probe, overrides, labels) for probe in out]
+
+    def _roles(self, table: dict[str, object], path: KeyPath) -> tuple[str, ...]:
+        r = self.r
+        if "roles" not in table:
+            return PROFILE_ROLES
+        raw = table["roles"]
+        if not isinstance(raw, list) or not raw:
+            r.fail((*path, "roles"), f"must be a non-empty list of {', '.join(PROFILE_ROLES)}", raw)
+        for item in raw:
+            if item not in PROFILE_ROLES:
+                r.fail((*path, "roles"), f"{_render(item)} is not one of {', '.join(PROFILE_ROLES)}", raw)
+        if len(set(raw)) != len(raw):
+            r.fail((*path, "roles"), "lists a role twice", raw)
+        return tuple(role for role in PROFILE_ROLES if role in raw)
+
+    def _module_ref(
+        self, table: dict[str, object], path: KeyPath, key: str, transport: str | None
+    ) -> ModuleConfig:
+        r = self.r
+        if key not in table:
+            if transport == "tcp":
+                return self._use("sip_tcp")
+            # the TLS listeners of a profile: the user's one TLS module, else the built-in sip_tls
+            tls_modules = [n for n in self.user_modules if self.modules[n].transport == "tls"]
+            if len(tls_modules) > 1:
+                r.fail(
+                    path,
+                    f"tls_module is required: several TLS modules are defined ({', '.join(tls_modules)})",
+                )
+            return self._use(tls_modules[0] if tls_modules else "sip_tls")
+        value = r.string(table[key], (*path, key))
+        if value not in self.modules:
+            close = difflib.get_close_matches(value, sorted(self.modules), n=1, cutoff=0.6)
+            hint = f"; did you mean {json.dumps(close[0])}?" if close else ""
+            r.fail((*path, key), f"unknown module{hint} (defined: {', '.join(sorted(self.modules))})", value)
+        module = self.modules[value]
+        if transport is not None and module.transport != transport:
+            r.fail(
+                (*path, key),
+                f'must name a module with transport "{transport}"'
+                f' (module {json.dumps(value)} is "{module.transport}")',
+                value,
+            )
+        return self._use(value)
+
+    def _use(self, name: str) -> ModuleConfig:
+        self.used.add(name)
+        return self.modules[name]
+
+    def _labels(self, raw: object, path: KeyPath) -> tuple[tuple[str, str], ...]:
+        r = self.r
+        table = r.table(raw, path, 'labels = { name = "value", ... }')
+        out: list[tuple[str, str]] = []
+        for key, value in table.items():
+            where = (*path, key)
+            if not _LABEL_NAME.fullmatch(key):
+                r.fail(where, "bad label name: must match [a-zA-Z_][a-zA-Z0-9_]*", value)
+            if key.startswith("__"):
+                r.fail(where, "bad label name: names starting with __ are reserved by Prometheus", value)
+            if key in BUILTIN_LABELS:
+                r.fail(
+                    where,
+                    f"label name {json.dumps(key)} is set by umprobe itself"
+                    f" (built-in labels: {', '.join(sorted(BUILTIN_LABELS))})",
+                    value,
+                )
+            out.append((key, r.string(value, where)))
+        return tuple(sorted(out))
+
+    def _probe(
+        self,
+        host: str,
+        name: str | None,
+        module: ModuleConfig,
+        port: int,
+        listener: str,
+        required: bool,
+        group: str | None,
+    ) -> ProbeConfig:
+        shown = name if name is not None else host
+        if ":" in shown and not shown.startswith("["):
+            shown = f"[{shown}]"
+        spec = SipProbeSpec(
+            host=host,
+            port=port,
+            transport=module.transport,
+            listener=listener,
+            tls=module.tls,
+            server_name=module.server_name,
+            accept_status=module.accept_status,
+            families=module.families,
+            from_domain=module.from_domain,
+        )
+        return ProbeConfig(
+            id=f"{host}|{listener}|{module.transport}|{port}|{module.name}",
+            name=f"{shown}:{port}/{module.transport}",
+            target=host,
+            module=module.name,
+            spec=spec,
+            interval=module.interval,
+            timeout=module.timeout,
+            labels=(),
+            required=required,
+            group=group,
+        )
+
+    def _finish(
+        self, probe: ProbeConfig, overrides: dict[str, _Val], labels: tuple[tuple[str, str], ...]
+    ) -> ProbeConfig:
+        vals = self.module_vals[probe.module]
+        timeout = overrides.get("timeout", vals["timeout"])
+        interval = overrides.get("interval", vals["interval"])
+        if "timeout" in overrides or "interval" in overrides:
+            self._check_timing(timeout, interval)
+        spec = probe.spec
+        server_name = overrides.get("server_name")
+        if server_name is not None and spec.transport == "tls":
+            spec = SipProbeSpec(
+                host=spec.host,
+                port=spec.port,
+                transport=spec.transport,
+                listener=spec.listener,
+                tls=spec.tls,
+                server_name=str(server_name.value),
+                accept_status=spec.accept_status,
+                families=spec.families,
+                from_domain=spec.from_domain,
+            )
+        return ProbeConfig(
+            id=probe.id,
+            name=probe.name,
+            target=probe.target,
+            module=probe.module,
+            spec=spec,
+            interval=float(str(interval.value)),
+            timeout=float(str(timeout.value)),
+            labels=labels,
+            required=probe.required,
+            group=probe.group,
+        )
+
+    # --- the small sections
+
+    def _section(self, name: str) -> dict[str, object]:
+        table = self.r.table(self.data.get(name, {}), (name,), f"[{name}]")
+        self.r.check_keys(table, (name,), name)
+        return table
+
+    def _exporter(self) -> ExporterConfig:
+        r = self.r
+        table = self._section("exporter")
+        listen = _DEFAULT_LISTEN
+        if "listen" in table:
+            listen = r.string(table["listen"], ("exporter", "listen"))
+            if not _valid_listen(listen):
+                r.fail(
+                    ("exporter", "listen"), 'must be "HOST:PORT", e.g. "0.0.0.0:9874" or "[::]:9874"', listen
+                )
+        allow: list[str] = []
+        if "probe_allow" in table:
+            raw = table["probe_allow"]
+            path: KeyPath = ("exporter", "probe_allow")
+            if not isinstance(raw, list):
+                r.fail(path, 'must be a list of "*", CIDRs or host names', raw)
+            for item in raw:
+                if not isinstance(item, str) or not _valid_allow(item):
+                    r.fail(path, f'{_render(item)} is not "*", a CIDR (10.0.0.0/8) or a host name', raw)
+                allow.append(item)
+        return ExporterConfig(listen=listen, probe_allow=tuple(allow))
+
+    def _scheduler(self) -> SchedulerConfig:
+        table = self._section("scheduler")
+        if "max_concurrency" not in table:
+            return SchedulerConfig()
+        value = self.r.integer(
+            table["max_concurrency"], ("scheduler", "max_concurrency"), 1, _MAX_CONCURRENCY, "a whole number"
+        )
+        return SchedulerConfig(max_concurrency=value)
+
+    def _log(self) -> LogConfig:
+        r = self.r
+        table = self._section("log")
+        fmt: Literal["text", "json"] = "text"
+        if "format" in table and r.choice(table["format"], ("log", "format"), ("text", "json")) == "json":
+            fmt = "json"
+        level = "info"
+        if "level" in table:
+            level = r.choice(table["level"], ("log", "level"), LOG_LEVELS)
+        return LogConfig(format=fmt, level=level)
+
+
+def _from(val: _Val) -> str:
+    return ", the built-in default" if val.origin is None else f", set at {_format_path(val.origin)}"
+
+
+def _blame_tls(vals: Mapping[str, _Val], message: str) -> _Val:
+    """The module value a TLSConfigError message is about: the file it names first, else the cipher string."""
+    best: tuple[int, _Val] | None = None
+    for key in ("key_file", "cert_file", "ca_file"):
+        val = vals.get(key)
+        if val is None:
+            continue
+        position = message.find(str(val.value))
+        if position >= 0 and (best is None or position < best[0]):
+            best = (position, val)
+    if best is not None:
+        return best[1]
+    for key in ("ciphers", "max_tls", "min_tls", "cert_file"):
+        val = vals.get(key)
+        if val is not None and val.origin is not None:
+            return val
+    raise AssertionError(f"no TLS value to blame for {message!r}")  # pragma: no cover
+
+
+def _valid_listen(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return False
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return ipaddress.ip_address(host[1:-1]).version == 6
+        except ValueError:
+            return False
+    if host == "":
+        return True
+    try:
+        return ipaddress.ip_address(host).version == 4
+    except ValueError:
+        return bool(_HOST_NAME.fullmatch(host)) and "*" not in host
+
+
+def _valid_allow(text: str) -> bool:
+    if text == "*":
+        return True
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return bool(_HOST_NAME.fullmatch(text))
+    return True
+
+
+# --------------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def parse_config(
+    text: str, *, source: str = "<string>", base_dir: Path | None = None, check_files: bool = True
+) -> Config:
+    """Validate probes.toml `text`; relative file paths are resolved against `base_dir` (if given).
+
+    `source` names the file in error messages. With `check_files=False` certificate and key files are not
+    opened (for checking a config on a machine that does not hold them). Raises `ConfigError`.
+    """
+    reader = _Reader(text, source, base_dir)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = _one_line(str(exc))
+        match = _TOML_POSITION.match(message)
+        line: int | None = None
+        if match is not None:
+            message = match["msg"]
+            if match["line"]:
+                line = int(match["line"])
+                where = f"{source}:{line}:{match['col']}"
+            else:
+                where = f"{source}: at the end of the file"
+        else:
+            where = source
+        excerpt = ""
+        if line is not None and 0 < line <= len(text.splitlines()):
+            source_line = text.splitlines()[line - 1].strip()
+            excerpt = f" in: {source_line[:57] + '...' if len(source_line) > 60 else source_line}"
+        raise ConfigError(
+            f"{where}: TOML syntax error: {message}{excerpt}", source=source, line=line
+        ) from None
+    return _Builder(reader, data, check_files).build()
+
+
+def load_config(path: str | Path, *, check_files: bool = True) -> Config:
+    """Read and validate a probes.toml file. Raises `ConfigError` (also for an unreadable file)."""
+    file = Path(path)
+    source = str(path)
+    try:
+        text = file.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}", source=source) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text (byte {exc.start})", source=source) from None
+    return parse_config(text, source=source, base_dir=file.absolute().parent, check_files=check_files)
+
+
+def _seconds_text(value: float) -> str:
+    return f"{value:g}s"
+
+
+def describe(config: Config) -> str:
+    """The expanded probe list, one line per probe, with a header and a summary line."""
+    header = ("PROBE", "TARGET", "LISTENER", "TRANSPORT", "PORT", "MODULE", "INTERVAL", "TIMEOUT", "LABELS")
+    rows = [header]
+    for probe in config.probes:
+        listener = probe.spec.listener if probe.required else f"{probe.spec.listener} (any of {probe.group})"
+        labels = ",".join(f"{k}={v}" for k, v in probe.labels) or "-"
+        rows.append(
+            (
+                probe.name,
+                probe.target,
+                listener,
+                probe.spec.transport,
+                str(probe.spec.port),
+                probe.module,
+                _seconds_text(probe.interval),
+                _seconds_text(probe.timeout),
+                labels,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    targets = len(config.target_hosts)
+    used = sorted({probe.module for probe in config.probes})
+    lines.append(
+        f"{config.source}: OK: {len(config.probes)} probe{'s' if len(config.probes) != 1 else ''}"
+        f" on {targets} host{'s' if targets != 1 else ''}"
+        + (f", modules {', '.join(used)}" if used else " ([[targets]] is empty)")
+    )
+    return "\n".join(lines)
