@@ -1,0 +1,318 @@
+"""The daemon's memory of probe results: the latest run of every probe, plus the counters and histograms.
+
+Theory of operation
+-------------------
+The scheduler writes (`record`, `observe_lag`, `probe_started` / `probe_finished`), the daemon writes the
+reload status (`set_reload`), and `umprobe.metrics` and the status page read. Everything runs in one trio
+thread, so there is no locking; the read side hands out frozen snapshots (`AddressStats`,
+`HistogramSnapshot`) so the renderers never see half an update.
+
+State is kept per probe id (`ProbeConfig.id`) and, for counters and the SIP response-time histogram, per
+(probe id, address): a host that resolves to two addresses is two listeners to watch (PROTOCOL.md §2).
+Results without an address (`dns_error`: the name did not resolve) are kept under the address "".
+
+* `set_probes` (at start and after every reload) keeps the state of every id that is still configured (its
+  `ProbeConfig` is replaced by the new one) and forgets the ids that are gone, so their series disappear
+  from /metrics at once. `record` for an id that is not configured (a run that was in flight during a
+  reload that removed it) is ignored.
+* Counters exist before their first increment, so `rate()` and `increase()` see the first failure: when an
+  address key is created, every failure reason that can happen on it is set to 0 (all reasons but `ok` and
+  `dns_error`). The address-less key is created by `set_probes` for every probe of a host *name*, with
+  `dns_error` at 0; the key of an IP-literal host is created by `set_probes` too, since its address is known
+  before the first run.
+* Addresses come and go with DNS. The state of an address that has not appeared in `STALE_RUNS`
+  consecutive runs of its probe is dropped, so a round-robin name cannot grow the series without bound. Keys
+  created by `set_probes` are never dropped.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from umprobe.probes.result import ProbeResult, Reason
+
+if TYPE_CHECKING:
+    from umprobe.config import ProbeConfig
+
+__all__ = [
+    "ADDRESS_FAILURE_REASONS",
+    "FAILURE_REASONS",
+    "NO_ADDRESS_FAILURE_REASONS",
+    "SCHEDULER_LAG_BUCKETS",
+    "SIP_RESPONSE_BUCKETS",
+    "STALE_RUNS",
+    "AddressStats",
+    "HistogramSnapshot",
+    "ReloadStatus",
+    "ResultStore",
+]
+
+#: Upper bounds (seconds) of `umprobe_sip_response_seconds`: 1 ms on a LAN .. 10 s, past any sane timeout.
+SIP_RESPONSE_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+#: Upper bounds (seconds) of `umprobe_scheduler_lag_seconds`: how late a run started against its slot.
+SCHEDULER_LAG_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+
+#: Every reason a run can fail with: the `reason` label values of `umprobe_probe_failures_total`.
+FAILURE_REASONS: tuple[Reason, ...] = tuple(r for r in Reason if r is not Reason.OK)
+#: The reasons pre-initialised on a key with an address (a resolved address cannot have a DNS error).
+ADDRESS_FAILURE_REASONS: tuple[Reason, ...] = tuple(r for r in FAILURE_REASONS if r is not Reason.DNS_ERROR)
+#: The reasons pre-initialised on the address-less key of a host name.
+NO_ADDRESS_FAILURE_REASONS: tuple[Reason, ...] = (Reason.DNS_ERROR,)
+
+#: An address missing from this many consecutive runs of its probe is forgotten.
+STALE_RUNS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramSnapshot:
+    """A histogram's state: cumulative counts per upper bound (without +Inf), the sum and the count."""
+
+    buckets: tuple[tuple[float, int], ...]
+    sum: float
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class AddressStats:
+    """Counters of one (probe id, address): runs, failures by reason, and the SIP response-time histogram."""
+
+    address: str
+    runs: int
+    failures: tuple[tuple[Reason, int], ...]  # in `Reason` order
+    sip_response: HistogramSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadStatus:
+    """The last configuration (re)load: did it work, why not, and when did one last work (unix seconds)."""
+
+    successful: bool
+    last_success_at: float | None
+    last_error: str | None = None  # the one-line reason of the last failed (re)load, until one succeeds
+
+
+class _Histogram:
+    """A fixed-bucket histogram: one count per bucket (not cumulative) plus the overflow bucket."""
+
+    __slots__ = ("_bounds", "_counts", "_sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self._bounds = tuple(bounds)
+        self._counts = [0] * (len(self._bounds) + 1)
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        if math.isnan(value):
+            return
+        value = max(value, 0.0)
+        self._counts[bisect.bisect_left(self._bounds, value)] += 1  # `le`: a value on a bound counts in it
+        self._sum += value
+
+    def snapshot(self) -> HistogramSnapshot:
+        cumulative: list[tuple[float, int]] = []
+        running = 0
+        for bound, count in zip(self._bounds, self._counts, strict=False):
+            running += count
+            cumulative.append((bound, running))
+        return HistogramSnapshot(tuple(cumulative), self._sum, running + self._counts[-1])
+
+
+@dataclass(slots=True)
+class _AddressState:
+    runs: int = 0
+    failures: dict[Reason, int] = field(default_factory=dict)
+    sip: _Histogram = field(default_factory=lambda: _Histogram(SIP_RESPONSE_BUCKETS))
+    last_seen_run: int = 0
+    pinned: bool = False  # created by set_probes: never dropped as stale
+
+
+@dataclass(slots=True)
+class _ProbeState:
+    config: ProbeConfig
+    latest: tuple[ProbeResult, ...] = ()
+    last_failure: tuple[ProbeResult, ...] = ()
+    recorded_at: float | None = None
+    runs: int = 0
+    addresses: dict[str, _AddressState] = field(default_factory=dict)
+
+
+def _literal_address(host: str) -> str | None:
+    """The address an IP-literal host resolves to (as `umprobe.net.resolve` spells it), else None."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        return None
+
+
+def _new_address_state(address: str, *, pinned: bool = False) -> _AddressState:
+    reasons = ADDRESS_FAILURE_REASONS if address else NO_ADDRESS_FAILURE_REASONS
+    return _AddressState(failures=dict.fromkeys(reasons, 0), pinned=pinned)
+
+
+class ResultStore:
+    """Latest results per probe id; counters and histograms per (probe id, address); daemon gauges.
+
+    `clock` gives wall-clock unix seconds (for `recorded_at`); tests may pass a fake.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] | None = None) -> None:
+        self._clock: Callable[[], float] = clock or time.time
+        self._probes: dict[str, _ProbeState] = {}
+        self._lag = _Histogram(SCHEDULER_LAG_BUCKETS)
+        self._in_flight = 0
+        self._reload_successful = False
+        self._last_reload_success: float | None = None
+        self._last_reload_error: str | None = None
+
+    # -- write side ------------------------------------------------------------------------------------
+
+    def set_probes(self, probes: Sequence[ProbeConfig]) -> None:
+        """Install the probe list of a (re)load: keep the state of ids still present, forget the others."""
+        old = self._probes
+        new: dict[str, _ProbeState] = {}
+        for config in probes:
+            state = old.get(config.id) or new.get(config.id)
+            if state is None:
+                state = _ProbeState(config=config)
+            state.config = config
+            literal = _literal_address(config.spec.host)
+            pinned_key = literal if literal is not None else ""
+            pinned = state.addresses.get(pinned_key)
+            if pinned is None:
+                state.addresses[pinned_key] = _new_address_state(pinned_key, pinned=True)
+            else:
+                pinned.pinned = True
+            new[config.id] = state
+        self._probes = new
+
+    def record(self, probe: ProbeConfig, results: Sequence[ProbeResult]) -> None:
+        """Store one run's results (one per address) as the latest, and count them."""
+        state = self._probes.get(probe.id)
+        if state is None:
+            return  # removed by a reload while it was running
+        results = tuple(results)
+        state.runs += 1
+        state.latest = results
+        state.recorded_at = self._clock()
+        if any(not r.success for r in results):
+            state.last_failure = tuple(r for r in results if not r.success)
+        for result in results:
+            address = state.addresses.get(result.address)
+            if address is None:
+                address = state.addresses[result.address] = _new_address_state(result.address)
+            address.runs += 1
+            address.last_seen_run = state.runs
+            if not result.success:
+                address.failures[result.reason] = address.failures.get(result.reason, 0) + 1
+            if result.status_code is not None and result.timings.sip is not None:
+                address.sip.observe(result.timings.sip)
+        for key in [
+            key
+            for key, address in state.addresses.items()
+            if not address.pinned and state.runs - address.last_seen_run >= STALE_RUNS
+        ]:
+            del state.addresses[key]
+
+    def observe_lag(self, seconds: float) -> None:
+        """How late a scheduled run started (seconds; negative values count as 0)."""
+        self._lag.observe(max(0.0, seconds))
+
+    def probe_started(self) -> None:
+        self._in_flight += 1
+
+    def probe_finished(self) -> None:
+        self._in_flight = max(0, self._in_flight - 1)
+
+    def set_reload(self, *, success: bool, at: float, error: str | None = None) -> None:
+        """The outcome of a configuration (re)load at wall-clock unix time `at` (`error`: why it failed)."""
+        self._reload_successful = success
+        if success:
+            self._last_reload_success = at
+            self._last_reload_error = None
+        else:
+            self._last_reload_error = error
+
+    # -- read side -------------------------------------------------------------------------------------
+
+    def probes(self) -> tuple[ProbeConfig, ...]:
+        """The configured probes, in configuration order."""
+        return tuple(state.config for state in self._probes.values())
+
+    def latest(self, probe_id: str) -> tuple[ProbeResult, ...]:
+        """The results of the probe's last run (one per address); () before its first run or if unknown."""
+        state = self._probes.get(probe_id)
+        return state.latest if state else ()
+
+    def last_failure(self, probe_id: str) -> tuple[ProbeResult, ...]:
+        """The failed results of the probe's most recent run that had a failure; () if none yet."""
+        state = self._probes.get(probe_id)
+        return state.last_failure if state else ()
+
+    def recorded_at(self, probe_id: str) -> float | None:
+        """Wall-clock unix time of the probe's last recorded run, or None."""
+        state = self._probes.get(probe_id)
+        return state.recorded_at if state else None
+
+    def address_stats(self, probe_id: str) -> tuple[AddressStats, ...]:
+        """Counters and histogram of every address of the probe, address-less key ("") first."""
+        state = self._probes.get(probe_id)
+        if state is None:
+            return ()
+        return tuple(_address_stats(key, state.addresses[key]) for key in sorted(state.addresses))
+
+    def scheduler_lag(self) -> HistogramSnapshot:
+        return self._lag.snapshot()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def reload_status(self) -> ReloadStatus:
+        return ReloadStatus(self._reload_successful, self._last_reload_success, self._last_reload_error)
+
+
+def _address_stats(address: str, state: _AddressState) -> AddressStats:
+    failures = tuple((r, state.failures[r]) for r in _reason_order(state.failures))
+    return AddressStats(address, state.runs, failures, state.sip.snapshot())
+
+
+def _reason_order(reasons: Iterable[Reason]) -> list[Reason]:
+    order = {r: i for i, r in enumerate(Reason)}
+    return sorted(reasons, key=order.__getitem__)
