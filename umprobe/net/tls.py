@@ -67,6 +67,7 @@ _LEGACY_VERSIONS = frozenset({"1.0", "1.1"})
 # The single exception to "no timeouts in here": how long aclose() may spend sending close_notify. It is
 # a courtesy to the peer, bounded so that closing never hangs on a peer that stopped reading.
 _CLOSE_NOTIFY_GRACE = 0.25
+_LATE_ALERT_GRACE = 0.1
 
 _DEFAULT_RECEIVE_SIZE = 65536
 _SEND_CHUNK = 16384  # one TLS record of plaintext
@@ -694,6 +695,13 @@ _T = TypeVar("_T")
 # conversation, but only the first is a clean goodbye. An EOF or RST during the handshake also raises
 # ConnectionClosed, whose detail says when the server had asked for a client certificate that we did not
 # send (a peer that hangs up on a missing client certificate without an alert looks exactly like this).
+#
+# A late alert behind a failed write: a TLS 1.3 server that refuses our client certificate sends its alert
+# and closes at once (socat does). Our first write after the handshake then fails (EPIPE/RST) while the
+# alert still sits unread in the receive queue. So when a send after the handshake loses the transport,
+# send_all reads what is left for at most ``_LATE_ALERT_GRACE`` seconds, and a received alert replaces the
+# ConnectionClosed as the stream's failure. This and the close_notify grace in aclose() are the only timers
+# in this module; both bound best-effort work on a path that is already failing.
 
 
 def _copy_error(error: NetError) -> NetError:
@@ -808,10 +816,44 @@ class TLSStream(trio.abc.Stream):
                 return
             while view:
                 chunk = bytes(view[:_SEND_CHUNK])
-                written = await self._retry(partial(self._conn.send, chunk))
+                try:
+                    written = await self._retry(partial(self._conn.send, chunk))
+                except ConnectionClosed as exc:
+                    late = await self._late_alert()
+                    if late is None:
+                        raise
+                    self._failure = late
+                    raise late from exc
                 view = view[written:]
         finally:
             self._send_busy = False
+
+    async def _late_alert(self) -> TLSError | None:
+        """After a lost transport on send: an alert the peer sent before closing, if one is still readable."""
+        if self._server_side or self._info is None or self._inner_recv_lock.locked():
+            return None
+        received: list[bytes] = []
+        async with self._inner_recv_lock:
+            with trio.move_on_after(_LATE_ALERT_GRACE):
+                while True:
+                    try:
+                        data = await self._transport.receive_some()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        break
+                    if not data:
+                        break
+                    received.append(bytes(data))
+        if not received:
+            return None
+        self._conn.bio_write(b"".join(received))
+        try:
+            self._conn.recv(_DEFAULT_RECEIVE_SIZE)
+        except (SSL.WantReadError, SSL.ZeroReturnError, SSL.SysCallError):
+            return None
+        except SSL.Error as exc:
+            failure = self._classify_ssl_error(exc, False)
+            return failure if isinstance(failure, TLSError) else None
+        return None
 
     async def wait_send_all_might_not_block(self) -> None:
         if self._send_busy:
