@@ -16,6 +16,7 @@ import trio
 from umprobe._version import __version__
 from umprobe.check import CheckItem, Thresholds, evaluate, render_json, render_text, run_check
 from umprobe.commands.config_cmd import config_group
+from umprobe.commands.run_cmd import run_command
 from umprobe.errors import UserError
 from umprobe.net.errors import TLSConfigError
 from umprobe.net.tls import TLS_VERSIONS, TLSClientConfig
@@ -310,6 +311,7 @@ def demo(timeout: float, as_json: bool, verbose: bool) -> None:
 
 
 cli.add_command(config_group)
+cli.add_command(run_command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

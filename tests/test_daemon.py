@@ -1,0 +1,619 @@
+"""`umprobe run` end to end, and the daemon's logging.
+
+The daemon tests start a real `umprobe run` subprocess (through `umprobe.cli.main`, so exit codes and
+error lines are the real ones) against umprobe's own SIP responder on loopback, scrape /metrics over
+HTTP, and reload with a real SIGHUP. Every wait is bounded, and every process started here is killed by
+its PID in teardown. Only 127.0.0.1 is used.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from OpenSSL import SSL
+from prometheus_client.parser import text_string_to_metric_families
+
+from umprobe.config import load_config
+from umprobe.daemon import Daemon
+from umprobe.devcerts import DevCA
+from umprobe.logs import JsonFormatter, LogfmtFormatter, ProbeStateLog, configure_logging, log_event
+from umprobe.net.tls import TLSClientConfig, make_server_context
+from umprobe.peer.sip_responder import serve_sip_responder
+from umprobe.probes.sip_options import TLSContextCache
+from umprobe.scheduler import Scheduler
+from umprobe.store import ResultStore
+
+# `umprobe.cli.main` with `run` added if the CLI does not have it yet.
+RUNNER = """\
+import sys
+from umprobe.cli import cli, main
+if "run" not in cli.commands:
+    from umprobe.commands.run_cmd import run_command
+    cli.add_command(run_command)
+main(sys.argv[1:])
+"""
+
+WAIT = 15.0  # upper bound of any single wait for the daemon, in seconds
+
+
+# -- peers ---------------------------------------------------------------------------------------------
+
+
+class Responders:
+    """umprobe's SIP OPTIONS responder on N loopback ports, in a trio loop on a background thread."""
+
+    def __init__(self, count: int, *, tls_context: SSL.Context | None = None) -> None:
+        self.count = count
+        self.tls_context = tls_context
+        self.ports: list[int] = []
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.Event | None = None
+
+    def start(self) -> list[int]:
+        ready: queue.Queue[list[int] | BaseException] = queue.Queue()
+
+        async def main() -> None:
+            listeners: list[trio.SocketListener] = []
+            for _ in range(self.count):
+                listeners += await trio.open_tcp_listeners(0, host="127.0.0.1")
+            self._token = trio.lowlevel.current_trio_token()
+            self._stop = trio.Event()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(partial(serve_sip_responder, listeners, tls_context=self.tls_context))
+                ready.put([listener.socket.getsockname()[1] for listener in listeners])
+                await self._stop.wait()
+                nursery.cancel_scope.cancel()
+
+        def thread_main() -> None:
+            try:
+                trio.run(main)
+            except BaseException as exc:  # pragma: no cover - reported to start()
+                ready.put(exc)
+
+        self._thread = threading.Thread(target=thread_main, name="sip-responders", daemon=True)
+        self._thread.start()
+        got = ready.get(timeout=10)
+        if isinstance(got, BaseException):
+            raise got
+        self.ports = got
+        return got
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        if self._token is not None and self._stop is not None:
+            trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+        self._thread.join(timeout=10)
+        assert not self._thread.is_alive()
+
+
+@pytest.fixture
+def responders() -> Iterator[list[int]]:
+    peers = Responders(3)
+    try:
+        yield peers.start()
+    finally:
+        peers.stop()
+
+
+class UmprobeProcess:
+    """One `umprobe run` subprocess: its log lines (stderr) collected by a reader thread."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", RUNNER, "run", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, name="umprobe-stderr", daemon=True)
+        self._reader.start()
+        self.base_url = ""
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def records(self) -> list[dict[str, Any]]:
+        """The JSON log records so far (lines that are not JSON are skipped)."""
+        out = []
+        with self._cond:
+            lines = list(self.lines)
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                out.append(record)
+        return out
+
+    def wait_for_record(
+        self, match: Callable[[dict[str, Any]], bool], timeout: float = WAIT
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for record in self.records():
+                if match(record):
+                    return record
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                raise AssertionError(f"no such log record; rc={self.proc.poll()}; log:\n" + self.log())
+            with self._cond:
+                self._cond.wait(min(left, 0.2))
+
+    def wait_running(self) -> str:
+        record = self.wait_for_record(lambda r: r.get("msg") == "umprobe running")
+        self.base_url = "http://" + str(record["listen"]).split()[0]
+        return self.base_url
+
+    def log(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.base_url + path, timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, exc.read().decode()
+
+    def post(self, path: str) -> tuple[int, str]:
+        request = urllib.request.Request(self.base_url + path, data=b"", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, exc.read().decode()
+
+    def metrics(self) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+        """name -> {sorted label items: value}."""
+        status, text = self.get("/metrics")
+        assert status == 200
+        out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+        return out
+
+    def by_probe(self, name: str) -> dict[str, float]:
+        """{probe label: value} of one per-listener metric."""
+        return {dict(labels)["probe"]: value for labels, value in self.metrics().get(name, {}).items()}
+
+    def scalar(self, name: str) -> float:
+        return self.metrics()[name][()]
+
+    def wait_until(self, what: str, check: Callable[[], bool], timeout: float = WAIT) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError(
+                    f"timed out waiting for {what}; rc={self.proc.poll()}; log:\n{self.log()}"
+                )
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self._reader.join(timeout=10)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+@pytest.fixture
+def start_umprobe() -> Iterator[Callable[..., UmprobeProcess]]:
+    started: list[UmprobeProcess] = []
+
+    def start(*args: str) -> UmprobeProcess:
+        process = UmprobeProcess(list(args))
+        started.append(process)
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.kill()
+
+
+def write_config(path: Path, ports: list[int], *, extra: str = "") -> Path:
+    """A probes.toml with one plain-TCP probe of 127.0.0.1 per port, every 0.5 s; replaced atomically."""
+    text = '[defaults]\ninterval = 0.5\ntimeout = 0.4\nfamilies = ["ipv4"]\n\n'
+    for port in ports:
+        text += f'[[targets]]\nhost = "127.0.0.1"\nmodule = "sip_tcp"\nport = {port}\n\n'
+    text += extra
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def name(port: int) -> str:
+    return f"127.0.0.1:{port}/tcp"
+
+
+# -- the daemon, end to end ------------------------------------------------------------------------------
+
+
+def test_reload_by_sighup(
+    tmp_path: Path,
+    responders: list[int],
+    closed_port: tuple[str, int],
+    start_umprobe: Callable[..., UmprobeProcess],
+) -> None:
+    a, b, c = responders
+    down = closed_port[1]
+    config = write_config(tmp_path / "probes.toml", [a, b, down])
+    umprobe = start_umprobe("-c", str(config), "--listen", "127.0.0.1:0", "--log-format", "json")
+    umprobe.wait_running()
+    assert umprobe.get("/-/healthy")[0] == 200
+
+    # Every probe reports: the responders are up, the closed port is down.
+    umprobe.wait_until(
+        "first results",
+        lambda: umprobe.by_probe("umprobe_probe_success") == {name(a): 1, name(b): 1, name(down): 0},
+    )
+    assert umprobe.scalar("umprobe_config_last_reload_successful") == 1
+    runs_before = umprobe.by_probe("umprobe_probe_runs_total")
+
+    # Reload: remove b, add c.
+    write_config(config, [a, c, down])
+    os.kill(umprobe.proc.pid, signal.SIGHUP)
+    reloaded = umprobe.wait_for_record(lambda r: r.get("msg") == "config reloaded")
+    assert (reloaded["added"], reloaded["removed"], reloaded["unchanged"], reloaded["source"]) == (
+        1,
+        1,
+        2,
+        "SIGHUP",
+    )
+    assert set(umprobe.by_probe("umprobe_probe_interval_seconds")) == {name(a), name(c), name(down)}
+    umprobe.wait_until(
+        "c's first result", lambda: umprobe.by_probe("umprobe_probe_success").get(name(c)) == 1
+    )
+    metrics = umprobe.metrics()
+    assert not any(dict(labels).get("probe") == name(b) for family in metrics.values() for labels in family)
+    # The unchanged probe kept its series: its counter went on from where it was.
+    runs_after = umprobe.by_probe("umprobe_probe_runs_total")
+    assert runs_after[name(a)] >= runs_before[name(a)]
+    assert umprobe.scalar("umprobe_config_last_reload_successful") == 1
+
+    # A broken file is rejected, logged as one line, and the running probes keep running.
+    config.write_text(config.read_text() + "\n[[targets]]\nhots = 'typo.example'\n")
+    os.kill(umprobe.proc.pid, signal.SIGHUP)
+    umprobe.wait_until(
+        "the failed reload", lambda: umprobe.scalar("umprobe_config_last_reload_successful") == 0
+    )
+    failed = [r for r in umprobe.records() if r.get("msg", "").startswith("config reload failed")]
+    assert len(failed) == 1
+    assert "hots" in failed[0]["error"] and "\n" not in failed[0]["error"]
+    assert failed[0]["level"] == "error"
+    runs_at_failure = umprobe.by_probe("umprobe_probe_runs_total")
+    assert set(umprobe.by_probe("umprobe_probe_interval_seconds")) == {name(a), name(c), name(down)}
+    umprobe.wait_until(
+        "probes to keep running",
+        lambda: all(
+            umprobe.by_probe("umprobe_probe_runs_total")[p] > runs_at_failure[p] for p in (name(a), name(c))
+        ),
+    )
+
+    # State changes were logged once each, not once per run.
+    firsts = [r for r in umprobe.records() if r.get("msg") == "probe first result"]
+    assert sorted(r["probe"] for r in firsts) == sorted([name(a), name(b), name(down), name(c)])
+    down_line = next(r for r in firsts if r["probe"] == name(down))
+    assert (down_line["state"], down_line["reason"], down_line["address"]) == (
+        "down",
+        "connect_refused",
+        "127.0.0.1",
+    )
+    assert not [r for r in umprobe.records() if r.get("msg") == "probe state changed"]
+
+    # POST /-/reload takes the same path: rejected while broken, accepted once fixed.
+    status, body = umprobe.post("/-/reload")
+    assert status == 500 and "hots" in body
+    write_config(config, [a, b])
+    status, _ = umprobe.post("/-/reload")
+    assert status == 200
+    assert umprobe.scalar("umprobe_config_last_reload_successful") == 1
+    assert set(umprobe.by_probe("umprobe_probe_interval_seconds")) == {name(a), name(b)}
+
+    # SIGTERM: gone within a second, exit 0.
+    t0 = time.monotonic()
+    os.kill(umprobe.proc.pid, signal.SIGTERM)
+    rc = umprobe.proc.wait(timeout=5)
+    elapsed = time.monotonic() - t0
+    assert rc == 0, umprobe.log()
+    assert elapsed < 1.0
+    assert any(r.get("msg") == "stopping" and r.get("signal") == "SIGTERM" for r in umprobe.records())
+
+
+def test_reload_reads_replaced_certificate_files(
+    tmp_path: Path, start_umprobe: Callable[..., UmprobeProcess]
+) -> None:
+    """Same config text, new client certificate on disk: after SIGHUP the probe uses the new one."""
+    trusted, stranger = DevCA.create("trusted CA"), DevCA.create("stranger CA")
+    ca_file = trusted.write_ca(tmp_path, "ca")
+    server_crt, server_key = trusted.issue(["127.0.0.1"]).write(tmp_path, "server")
+    trusted.issue(["probe.test.invalid"]).write(tmp_path, "client")
+    server_ctx = make_server_context(
+        cert_file=str(server_crt), key_file=str(server_key), ca_file=str(ca_file), require_client_cert=True
+    )
+    peers = Responders(1, tls_context=server_ctx)
+    (port,) = peers.start()
+    try:
+        config = tmp_path / "probes.toml"
+        config.write_text(
+            '[defaults]\ninterval = 0.5\ntimeout = 0.4\nfamilies = ["ipv4"]\n\n'
+            '[modules.mtls]\ntransport = "tls"\nca_file = "ca.crt"\ncert_file = "client.crt"\n'
+            'key_file = "client.key"\n\n'
+            f'[[targets]]\nhost = "127.0.0.1"\nmodule = "mtls"\nport = {port}\n'
+        )
+        umprobe = start_umprobe("-c", str(config), "--listen", "127.0.0.1:0", "--log-format", "json")
+        umprobe.wait_running()
+        probe = f"127.0.0.1:{port}/tls"
+        umprobe.wait_until("mutual TLS up", lambda: umprobe.by_probe("umprobe_probe_success") == {probe: 1})
+
+        # A certificate the server does not trust replaces ours, under the same file names.
+        replacement = stranger.issue(["probe.test.invalid"])
+        replacement.write(tmp_path, "client.new")
+        os.replace(tmp_path / "client.new.crt", tmp_path / "client.crt")
+        os.replace(tmp_path / "client.new.key", tmp_path / "client.key")
+        os.kill(umprobe.proc.pid, signal.SIGHUP)
+        reloaded = umprobe.wait_for_record(lambda r: r.get("msg") == "config reloaded")
+        assert (reloaded["unchanged"], reloaded["changed"]) == (1, 0)
+        changed = umprobe.wait_for_record(lambda r: r.get("msg") == "probe state changed")
+        assert changed["state"] == "down" and changed["reason"].startswith("tls_"), changed
+        assert umprobe.by_probe("umprobe_probe_success") == {probe: 0}
+    finally:
+        peers.stop()
+
+
+def test_sigint_stops_cleanly_and_text_logs_are_logfmt(
+    tmp_path: Path, responders: list[int], start_umprobe: Callable[..., UmprobeProcess]
+) -> None:
+    config = write_config(tmp_path / "probes.toml", responders[:1])
+    umprobe = start_umprobe("-c", str(config), "--listen", "127.0.0.1:0")
+    deadline = time.monotonic() + WAIT
+    while not any('msg="umprobe running"' in line for line in umprobe.lines):
+        assert time.monotonic() < deadline and umprobe.proc.poll() is None, umprobe.log()
+        time.sleep(0.05)
+    deadline = time.monotonic() + WAIT
+    while not any('msg="probe first result"' in line for line in umprobe.lines):
+        assert time.monotonic() < deadline and umprobe.proc.poll() is None, umprobe.log()
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    os.kill(umprobe.proc.pid, signal.SIGINT)
+    assert umprobe.proc.wait(timeout=5) == 0, umprobe.log()
+    assert time.monotonic() - t0 < 1.0
+    umprobe.kill()
+    first = next(line for line in umprobe.lines if 'msg="probe first result"' in line)
+    assert f"probe=127.0.0.1:{responders[0]}/tcp" in first
+    assert " state=up " in first and " reason=ok " in first
+    assert all(line.startswith("ts=") and " level=" in line for line in umprobe.lines), umprobe.log()
+    assert "Traceback" not in umprobe.log()
+
+
+def test_port_in_use_is_one_line_and_exit_3(
+    tmp_path: Path, responders: list[int], start_umprobe: Callable[..., UmprobeProcess]
+) -> None:
+    config = write_config(tmp_path / "probes.toml", responders[:1])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        umprobe = start_umprobe("-c", str(config), "--listen", f"127.0.0.1:{port}")
+        rc = umprobe.proc.wait(timeout=WAIT)
+    umprobe.kill()
+    assert rc == 3
+    assert len(umprobe.lines) == 1, umprobe.log()
+    assert umprobe.lines[0].startswith("umprobe: error: ")
+    assert f"127.0.0.1:{port}" in umprobe.lines[0]
+    assert "in use" in umprobe.lines[0].lower()
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("[[targets]]\nhost = 'x.example'\nmodule = 'nope'\n", "nope"),
+        ("[defaults]\ninterval = 1\ntimeout = 2\n", "timeout"),
+        (None, "cannot read"),
+    ],
+)
+def test_config_error_at_start_is_one_line_and_exit_3(
+    tmp_path: Path, content: str | None, expected: str, start_umprobe: Callable[..., UmprobeProcess]
+) -> None:
+    config = tmp_path / "probes.toml"
+    if content is not None:
+        config.write_text(content)
+    umprobe = start_umprobe("-c", str(config), "--listen", "127.0.0.1:0")
+    rc = umprobe.proc.wait(timeout=WAIT)
+    umprobe.kill()
+    assert rc == 3
+    assert len(umprobe.lines) == 1, umprobe.log()
+    assert umprobe.lines[0].startswith("umprobe: error: ")
+    assert expected in umprobe.lines[0]
+
+
+def test_bad_listen_option_is_a_usage_error(
+    tmp_path: Path, start_umprobe: Callable[..., UmprobeProcess]
+) -> None:
+    config = write_config(tmp_path / "probes.toml", [5060])
+    umprobe = start_umprobe("-c", str(config), "--listen", "localhost")
+    rc = umprobe.proc.wait(timeout=WAIT)
+    umprobe.kill()
+    assert rc == 3
+    assert "--listen" in umprobe.log() and "Traceback" not in umprobe.log()
+
+
+def test_run_help_teaches() -> None:
+    from click.testing import CliRunner
+
+    from umprobe.commands.run_cmd import run_command
+
+    result = CliRunner().invoke(run_command, ["--help"], terminal_width=110)
+    assert result.exit_code == 0
+    for needle in (
+        "--config",
+        "--listen",
+        "--log-format",
+        "SIGHUP",
+        "SIGTERM",
+        "/metrics",
+        "/-/reload",
+        "Exit",
+    ):
+        assert needle in result.output
+
+
+# -- reload in-process (no signals): the Daemon object --------------------------------------------------
+
+
+async def test_daemon_reload_keeps_old_config_when_new_one_is_broken(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "probes.toml", [15060, 15061])
+    config = load_config(path)
+    store = ResultStore()
+    store.set_probes(config.probes)
+    contexts = TLSContextCache()
+    scheduler = Scheduler(store, max_concurrency=4, contexts=contexts)
+    scheduler.update(config.probes)
+    daemon = Daemon(path, config, store=store, scheduler=scheduler, listen="127.0.0.1:0")
+
+    system_trust = TLSClientConfig()
+    cached = contexts.context(system_trust)
+
+    path.write_text("[[targets]]\nhost = 1\n")
+    assert await daemon.reload() is False
+    assert contexts.context(system_trust) is cached, "a rejected reload leaves the TLS contexts alone"
+    assert daemon.get_config() is config
+    assert {p.id for p in scheduler.probes()} == {p.id for p in config.probes}
+    status = store.reload_status()
+    assert not status.successful and status.last_error and "host" in status.last_error
+
+    write_config(path, [15061, 15062], extra="[scheduler]\nmax_concurrency = 9\n")
+    assert await daemon.reload() is True
+    assert [p.spec.port for p in daemon.get_config().probes] == [15061, 15062]
+    assert sorted(p.spec.port for p in scheduler.probes()) == [15061, 15062]
+    assert [p.spec.port for p in store.probes()] == [15061, 15062]
+    assert scheduler.max_concurrency == 9
+    assert store.reload_status().successful
+    assert contexts.context(system_trust) is not cached, "a reload reads certificate files again"
+
+
+# -- logging ----------------------------------------------------------------------------------------------
+
+
+def _record(msg: str, **fields: object) -> logging.LogRecord:
+    logger = logging.getLogger("umprobe.test")
+    record = logger.makeRecord("umprobe.test", logging.WARNING, __file__, 1, msg, (), None)
+    record.umprobe_fields = fields
+    return record
+
+
+def test_logfmt_is_one_line_and_quotes_what_needs_it() -> None:
+    line = LogfmtFormatter().format(
+        _record(
+            "probe state changed",
+            probe="cas01:5061/tls",
+            detail='said "no"\nthen hung up',
+            empty="",
+            ok=True,
+            seconds=0.12345678,
+            missing=None,
+            password="hunter2",
+        )
+    )
+    assert "\n" not in line
+    assert line.startswith("ts=")
+    assert ' level=warning msg="probe state changed" probe=cas01:5061/tls ' in line
+    assert 'detail="said \\"no\\"\\nthen hung up"' in line
+    assert 'empty=""' in line and "ok=true" in line and "seconds=0.123457" in line
+    assert "missing" not in line
+    assert "hunter2" not in line and "password=[redacted]" in line
+
+
+def test_json_lines_and_tracebacks_stay_on_one_line() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = _record("probe could not run", probe="p", token="s3cret")
+        record.exc_info = sys.exc_info()
+    text = JsonFormatter().format(record)
+    assert "\n" not in text
+    data = json.loads(text)
+    assert data["msg"] == "probe could not run" and data["level"] == "warning" and data["probe"] == "p"
+    assert data["token"] == "[redacted]"
+    assert "ValueError: boom" in data["exc"]
+    assert "\n" not in LogfmtFormatter().format(record)
+    assert "ValueError: boom" in LogfmtFormatter().format(record)
+
+
+def test_configure_logging_replaces_its_own_handler() -> None:
+    root = logging.getLogger()
+    umprobe_logger = logging.getLogger("umprobe")
+    saved = (root.level, umprobe_logger.level, list(root.handlers))
+    try:
+        first, second = io.StringIO(), io.StringIO()
+        configure_logging(fmt="text", level="info", stream=first)
+        configure_logging(fmt="json", level="debug", stream=second)
+        log_event(logging.getLogger("umprobe.x"), logging.DEBUG, "hello", probe="p")
+        logging.getLogger("some.library").info("not shown")
+        logging.getLogger("some.library").warning("shown")
+        assert first.getvalue() == ""
+        lines = [json.loads(line) for line in second.getvalue().splitlines()]
+        assert [(r["msg"], r.get("logger")) for r in lines] == [("hello", None), ("shown", "some.library")]
+    finally:
+        for handler in list(root.handlers):
+            if handler not in saved[2]:
+                root.removeHandler(handler)
+        root.setLevel(saved[0])
+        umprobe_logger.setLevel(saved[1])
+
+
+def test_state_log_forgets_removed_probes(caplog: pytest.LogCaptureFixture) -> None:
+    from tests.test_scheduler import make_probe, make_result
+
+    states = ProbeStateLog()
+    probe = make_probe("x")
+    with caplog.at_level(logging.INFO, logger="umprobe"):
+        states.observe(probe, [make_result(probe.spec)])
+        states.observe(probe, [make_result(probe.spec)])
+        states.forget(set())
+        states.observe(probe, [make_result(probe.spec)])
+        states.observe(probe, [make_result(probe.spec, address="192.0.2.2")])
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "probe first result",
+        "probe first result",
+        "probe first result",
+        "probe address gone",
+    ]

@@ -1,0 +1,222 @@
+"""`umprobe run`: the long-running prober. Config in, scheduler and exporter running, signals handled.
+
+Theory of operation
+-------------------
+`run_daemon` loads the config (a bad one raises `ConfigError`, a `UserError`: one line, exit 3), sets up
+logging, builds the `ResultStore`, the shared `TLSContextCache` and the `Scheduler`, and then runs three
+things in one nursery until a signal ends them:
+
+- the exporter (`serve_exporter`), started first with `nursery.start` so that a port already in use is a
+  one-line `UserError` before any probe runs;
+- the scheduler (`Scheduler.run`);
+- the signal watcher (the nursery's own body): SIGTERM and SIGINT cancel the nursery (in-flight probes are
+  cancelled, their sockets closed, and `run_daemon` returns normally, so the process exits 0 well within
+  a second); SIGHUP reloads.
+
+Signals are received with `trio.open_signal_receiver`, opened before anything else starts, so a SIGHUP
+that arrives early is a reload rather than the default "terminate".
+
+Reload (SIGHUP or `POST /-/reload`, serialized by a lock): `load_config` reads and validates the new file,
+TLS files included (it builds every TLS context with the probes' own code). On success: clear the live
+TLS context cache (so replaced certificate files are read again), `store.set_probes`,
+`scheduler.update` (unchanged probes keep their slots and series; removed ones stop and their series
+disappear), adopt the new concurrency limit and log settings, and `store.set_reload(success=True)`. On
+failure: one log line with the one-line reason, `store.set_reload(success=False, error=...)`, and the old
+config keeps running untouched. The listen address cannot change without a restart; a reload that asks
+for another one is applied otherwise and says so in a warning. Options given on the command line
+(--listen, --log-format) win over the file, at start and on every reload.
+
+trio's nurseries raise exception groups; `run_daemon` unwraps a lone `UserError` (the exporter's "cannot
+listen on ...") so that the command line can print its one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import cast
+
+import trio
+
+from umprobe.config import Config, load_config
+from umprobe.errors import UserError
+from umprobe.exporter import serve_exporter
+from umprobe.logs import LogFormat, configure_logging, log_event
+from umprobe.probes.sip_options import TLSContextCache
+from umprobe.scheduler import Scheduler
+from umprobe.store import ResultStore
+
+__all__ = ["Daemon", "run_daemon"]
+
+_log = logging.getLogger("umprobe.daemon")
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Daemon:
+    """The running daemon's state: the config in force, and the one way to replace it (`reload`)."""
+
+    def __init__(
+        self,
+        config_path: Path,
+        config: Config,
+        *,
+        store: ResultStore,
+        scheduler: Scheduler,
+        listen: str,
+        log_format: LogFormat | None = None,
+    ) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.store = store
+        self.scheduler = scheduler
+        self.listen = listen
+        self._log_format = log_format
+        self._lock = trio.Lock()
+
+    def get_config(self) -> Config:
+        """The config in force (for the exporter's /probe and status page)."""
+        return self.config
+
+    async def reload(self, source: str = "http") -> bool:
+        """Re-read the config file; True if the new one is in force, False if it was rejected (logged)."""
+        async with self._lock:
+            return self._reload_now(source)
+
+    def _reload_now(self, source: str) -> bool:
+        path = self.config_path
+        try:
+            new = load_config(path)
+        except UserError as exc:
+            return self._reject(source, str(exc), None)
+        except Exception as exc:  # a bug while loading must not take the running daemon down
+            return self._reject(source, f"{type(exc).__name__}: {exc}", exc)
+        old = self.config
+        self.scheduler.contexts.clear()
+        self.store.set_probes(new.probes)
+        summary = self.scheduler.update(new.probes)
+        self.scheduler.max_concurrency = new.scheduler.max_concurrency
+        if new.log != old.log:
+            configure_logging(fmt=self._log_format or new.log.format, level=new.log.level)
+        self.config = new
+        self.store.set_reload(success=True, at=time.time())
+        log_event(
+            _log,
+            logging.INFO,
+            "config reloaded",
+            source=source,
+            config=str(path),
+            probes=len(new.probes),
+            added=len(summary.added),
+            removed=len(summary.removed),
+            changed=len(summary.changed),
+            unchanged=summary.unchanged,
+        )
+        if new.exporter.listen != old.exporter.listen:
+            log_event(
+                _log,
+                logging.WARNING,
+                "exporter.listen changed; restart umprobe to listen there",
+                listening=self.listen,
+                wanted=new.exporter.listen,
+            )
+        for what, ids in (
+            ("added", summary.added),
+            ("removed", summary.removed),
+            ("changed", summary.changed),
+        ):
+            for probe_id in ids:
+                log_event(_log, logging.DEBUG, f"probe {what}", probe_id=probe_id)
+        return True
+
+    def _reject(self, source: str, error: str, exc: BaseException | None) -> bool:
+        log_event(
+            _log,
+            logging.ERROR,
+            "config reload failed; the running config stays in force",
+            source=source,
+            config=str(self.config_path),
+            error=error,
+            exc_info=exc,
+        )
+        self.store.set_reload(success=False, at=time.time(), error=error)
+        return False
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run exporter, scheduler and signal handling until SIGTERM/SIGINT (or cancellation)."""
+        with trio.open_signal_receiver(*_STOP_SIGNALS, signal.SIGHUP) as signals:
+            async with trio.open_nursery() as nursery:
+                bound = await nursery.start(
+                    partial(
+                        serve_exporter,
+                        self.listen,
+                        self.store,
+                        get_config=self.get_config,
+                        reload=self.reload,
+                    )
+                )
+                await nursery.start(self.scheduler.run)
+                log_event(
+                    _log,
+                    logging.INFO,
+                    "umprobe running",
+                    config=str(self.config_path),
+                    listen=" ".join(_hostport(str(h), int(p)) for h, p in bound),
+                    probes=len(self.config.probes),
+                    max_concurrency=self.scheduler.max_concurrency,
+                )
+                task_status.started()
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        nursery.start_soon(self.reload, "SIGHUP")
+                        continue
+                    log_event(_log, logging.INFO, "stopping", signal=signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    break
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+async def run_daemon(config_path: Path, *, listen: str | None, log_format: str | None) -> None:
+    """Run `umprobe run` until SIGTERM/SIGINT. Raises `UserError` (one line, exit 3) for a bad config or an
+    exporter address that cannot be bound."""
+    if log_format not in (None, "text", "json"):
+        raise UserError(f"--log-format must be text or json, not {log_format!r}")
+    fmt = cast("LogFormat | None", log_format)
+    config = load_config(config_path)
+    configure_logging(fmt=fmt or config.log.format, level=config.log.level)
+    store = ResultStore()
+    store.set_probes(config.probes)
+    store.set_reload(success=True, at=time.time())
+    scheduler = Scheduler(store, max_concurrency=config.scheduler.max_concurrency, contexts=TLSContextCache())
+    scheduler.update(config.probes)
+    daemon = Daemon(
+        config_path,
+        config,
+        store=store,
+        scheduler=scheduler,
+        listen=listen or config.exporter.listen,
+        log_format=fmt,
+    )
+    try:
+        await daemon.serve()
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        if len(leaves) == 1 and isinstance(leaves[0], UserError):
+            raise leaves[0] from None
+        raise
+    log_event(_log, logging.INFO, "umprobe stopped")

@@ -1,0 +1,255 @@
+"""Structured one-line logs for the daemon: logfmt (`key=value`) text or JSON lines, on stdlib `logging`.
+
+Named `logs`, not `logging`, so that nothing ever shadows the standard library module.
+
+How to log an event: `log_event(logger, logging.INFO, "probe state changed", probe=..., target=...)`. The
+fields travel on the record (`extra={"umprobe_fields": ...}`) and the formatters here render them after
+`ts`, `level` and `msg`, one event per line whatever the field values contain (newlines are escaped; a
+traceback becomes one escaped `exc` field). Records from other libraries get the same treatment plus a
+`logger` field. A field whose *name* says it is a secret (password, passphrase, secret, token,
+authorization) is written as `[redacted]`; the probes' configuration holds only file paths, but the rule
+holds for whatever is added later.
+
+`ProbeStateLog` turns a stream of probe results into the few lines an operator wants: the first result of
+each (probe, address), and every change of state (up -> down, down -> up, or a different failure reason)
+once, never once per interval.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from collections.abc import Collection, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Literal, TextIO
+
+if TYPE_CHECKING:
+    from umprobe.config import ProbeConfig
+    from umprobe.probes.result import ProbeResult
+
+__all__ = [
+    "FIELDS_ATTR",
+    "LOGGER_NAME",
+    "JsonFormatter",
+    "LogFormat",
+    "LogfmtFormatter",
+    "ProbeStateLog",
+    "configure_logging",
+    "log_event",
+    "parse_level",
+]
+
+LOGGER_NAME = "umprobe"
+FIELDS_ATTR = "umprobe_fields"
+
+LogFormat = Literal["text", "json"]
+
+_SECRET_NAME = re.compile(r"pass(word|phrase)?|secret|token|authorization|credential", re.IGNORECASE)
+_REDACTED = "[redacted]"
+_BARE_VALUE = re.compile(r"[^\s\"=\\]+")
+_HANDLER_MARK = "_umprobe_handler"
+
+
+def log_event(
+    logger: logging.Logger,
+    level: int,
+    msg: str,
+    /,
+    *,
+    exc_info: BaseException | None = None,
+    **fields: object,
+) -> None:
+    """Log one structured event: a short constant message and key=value fields (None values are left out).
+
+    `exc_info` adds the exception's traceback as one escaped `exc` field.
+    """
+    if logger.isEnabledFor(level):
+        logger.log(level, msg, exc_info=exc_info, extra={FIELDS_ATTR: fields}, stacklevel=2)
+
+
+def parse_level(level: str) -> int:
+    """'debug', 'info', 'warning', 'error' (any case) -> the logging level number; ValueError otherwise."""
+    number = logging.getLevelNamesMapping().get(level.upper())
+    if number is None:
+        raise ValueError(f"unknown log level {level!r}: use debug, info, warning or error")
+    return number
+
+
+def _fields(record: logging.LogRecord) -> dict[str, object]:
+    out: dict[str, object] = {
+        "ts": datetime.fromtimestamp(record.created, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
+        "level": record.levelname.lower(),
+        "msg": record.getMessage(),
+    }
+    if not record.name.startswith(LOGGER_NAME):
+        out["logger"] = record.name
+    extra = getattr(record, FIELDS_ATTR, None)
+    if isinstance(extra, Mapping):
+        for key, value in extra.items():
+            if value is None:
+                continue
+            name = str(key)
+            if name in ("ts", "level", "msg", "logger"):
+                name = f"field_{name}"
+            out[name] = _REDACTED if _SECRET_NAME.search(name) else value
+    return out
+
+
+def _exception_text(formatter: logging.Formatter, record: logging.LogRecord) -> str | None:
+    if record.exc_info and record.exc_info[0] is not None:
+        return formatter.formatException(record.exc_info)
+    if record.exc_text:
+        return record.exc_text
+    return None
+
+
+def _logfmt_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        text = repr(round(value, 6))
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        text = ",".join(str(v) for v in value)
+    else:
+        text = str(value)
+    if text and _BARE_VALUE.fullmatch(text):
+        return text
+    escaped = (
+        text.replace("\\", "\\\\")
+        .replace('"', '\\"')
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+        .replace("\t", "\\t")
+    )
+    return f'"{escaped}"'
+
+
+def _logfmt_key(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.:-]", "_", key) or "_"
+
+
+class LogfmtFormatter(logging.Formatter):
+    """`ts=... level=info msg="probe state changed" probe=cas01:5061/tls ...`: one line per record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = _fields(record)
+        exc = _exception_text(self, record)
+        if exc:
+            fields["exc"] = exc
+        return " ".join(f"{_logfmt_key(k)}={_logfmt_value(v)}" for k, v in fields.items())
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line with the same keys as the logfmt form."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = _fields(record)
+        exc = _exception_text(self, record)
+        if exc:
+            fields["exc"] = exc
+        return json.dumps(fields, default=str, ensure_ascii=False, separators=(",", ":"))
+
+
+def configure_logging(*, fmt: LogFormat = "text", level: str = "info", stream: TextIO | None = None) -> None:
+    """Send every log record to `stream` (default stderr) as one line of `fmt`; umprobe's own at `level`.
+
+    Idempotent: a second call (on reload) replaces the handler installed by the first. Other libraries'
+    records are shown from WARNING up.
+    """
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    setattr(handler, _HANDLER_MARK, True)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, _HANDLER_MARK, False):
+            root.removeHandler(old)
+            old.close()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger(LOGGER_NAME).setLevel(parse_level(level))
+
+
+_State = tuple[bool, str]  # (success, reason)
+
+
+class ProbeStateLog:
+    """Logs the first result and every state change of each (probe, address), once.
+
+    A state is (success, reason): up -> down, down -> up and "down for a different reason" each produce
+    one line; a probe that stays in one state stays quiet. Per-address, because a dual-stack listener can
+    be up on IPv4 and down on IPv6.
+    """
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self._logger = logger or logging.getLogger(f"{LOGGER_NAME}.probe")
+        self._states: dict[str, dict[str, _State]] = {}
+        self._errors: dict[str, str] = {}
+
+    def observe(self, probe: ProbeConfig, results: Sequence[ProbeResult]) -> None:
+        """Compare `results` with the last ones seen for `probe` and log what changed."""
+        self._errors.pop(probe.id, None)
+        known = self._states.setdefault(probe.id, {})
+        seen: dict[str, _State] = {}
+        for result in results:
+            state: _State = (result.success, str(result.reason))
+            seen[result.address] = state
+            before = known.get(result.address)
+            if before == state:
+                continue
+            level = logging.INFO if result.success else logging.WARNING
+            log_event(
+                self._logger,
+                level,
+                "probe first result" if before is None else "probe state changed",
+                probe=probe.name,
+                target=probe.target,
+                address=result.address or None,
+                family=result.family or None,
+                module=probe.module,
+                state="up" if result.success else "down",
+                previous=None if before is None else ("up" if before[0] else "down"),
+                reason=str(result.reason),
+                previous_reason=None if before is None or before[1] == state[1] else before[1],
+                phase=str(result.phase) if result.phase is not None else None,
+                status=result.status_code,
+                detail=None if result.success else result.detail,
+                total_seconds=result.timings.total,
+            )
+        for address in set(known) - set(seen):
+            log_event(
+                self._logger,
+                logging.INFO,
+                "probe address gone",
+                probe=probe.name,
+                target=probe.target,
+                address=address or None,
+            )
+        self._states[probe.id] = seen
+
+    def observe_error(self, probe: ProbeConfig, error: str, *, exc_info: BaseException | None = None) -> None:
+        """A run that produced no results (a local configuration problem or a bug): logged once per text,
+        with the traceback of `exc_info` if given."""
+        if self._errors.get(probe.id) == error:
+            return
+        self._errors[probe.id] = error
+        log_event(
+            self._logger,
+            logging.ERROR,
+            "probe could not run",
+            probe=probe.name,
+            target=probe.target,
+            module=probe.module,
+            error=error,
+            exc_info=exc_info,
+        )
+
+    def forget(self, keep: Collection[str]) -> None:
+        """Drop the state of every probe id not in `keep` (after a reload removed them)."""
+        for probe_id in [p for p in self._states if p not in keep]:
+            del self._states[probe_id]
+        for probe_id in [p for p in self._errors if p not in keep]:
+            del self._errors[probe_id]

@@ -1,0 +1,425 @@
+"""The daemon's timetable: every probe once per interval, spread out, bounded, never overlapping itself.
+
+Theory of operation
+-------------------
+Slots. A probe's runs are planned on a fixed grid: every `interval` seconds, at an offset inside the
+interval that is a pure function of the probe id (the first 8 bytes of sha256(id) as a fraction of the
+interval). The grid is anchored to the wall clock (unix time 0), like Prometheus anchors its scrapes, so a
+probe fires at the same second of its interval before and after a restart or a reload, and N probes with
+the same interval land on N pseudo-random, evenly distributed offsets: no thundering herd at start-up or
+after a reload, and no need to remember anything to keep a phase. A new probe (at start or added by a
+reload) waits for its first slot; nothing runs "now".
+
+One timer loop, not one task per probe. The loop keeps a binary heap of (next due time, probe) and sleeps
+until the earliest one (or until `update()` wakes it); when a slot is due it plans the next slot of that
+probe and starts one short-lived task for the run. At 10,000 probes that is 10,000 heap entries (tens of
+bytes each) instead of 10,000 sleeping coroutines with their frames and cancel scopes, the nursery holds
+only the runs in flight, `update()` is a dictionary edit plus a heap push (no tasks to cancel or restart
+to change a probe), and "is this probe still running?" is a flag on its entry. Heap entries of removed or
+rescheduled probes are not searched out: each carries its entry's generation and is discarded when it
+reaches the top.
+
+A run: acquire the global `trio.CapacityLimiter(max_concurrency)`, then measure the lag (actual start
+minus planned slot, which includes any wait for the limiter) for `store.observe_lag`, then call the probe
+function with `deadline = start + probe.timeout` (the caller owns the deadline) between
+`store.probe_started()` and `store.probe_finished()`, then `store.record(probe, results)`.
+
+No overlap. If a probe's previous run is still going (slow, or waiting for the limiter) when its next slot
+comes, that slot is skipped, counted (`skipped_slots`) and logged once per streak; runs are never queued,
+so a saturated limiter sheds load instead of building a backlog, and there is at most one task per probe.
+
+Reload (`update()`): ids are the identity. Unchanged probes keep their grid and any run in flight. A
+changed probe (same id, other settings) takes the new settings at its next slot; if its interval changed,
+its next slot is recomputed on the new grid. A removed probe is forgotten at once; a run of it that is
+still in flight may finish, but its results (and those of a run started with settings that have since
+changed) are dropped rather than recorded. A probe removed and added back while that run is still going
+gets its old entry back, so even then it does not overlap itself.
+
+Failures are data: the probe function returns results for every network or peer failure. What still
+raises is ours (an unusable local TLS file, or a bug): it is logged once per probe and message and
+recorded as nothing, so one bad probe never stops the other 9,999. A probe function that overruns its
+deadline by more than `OVERRUN_GRACE` seconds is cancelled and logged the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import logging
+import math
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+
+from umprobe.logs import ProbeStateLog, log_event
+from umprobe.net.errors import TLSConfigError
+from umprobe.probes import sip_options
+from umprobe.probes.result import ProbeResult
+from umprobe.probes.sip_options import SipProbeSpec, TLSContextCache
+
+if TYPE_CHECKING:
+    from umprobe.config import ProbeConfig
+
+__all__ = [
+    "OVERRUN_GRACE",
+    "ProbeFunction",
+    "ResultSink",
+    "Scheduler",
+    "UpdateSummary",
+    "phase_fraction",
+]
+
+OVERRUN_GRACE = 1.0
+"""Seconds a probe function may run past its deadline before the scheduler cancels it (a bug guard)."""
+
+# Slot arithmetic runs on numbers around 1.8e9 (seconds since 1970); a slot that is less than this
+# fraction of an interval away counts as already passed, so float rounding can never fire a slot twice.
+_SLOT_EPSILON = 1e-6
+# Fire at most this many due slots before letting other tasks run (only matters after a long stall).
+_FIRE_BATCH = 256
+
+_log = logging.getLogger("umprobe.scheduler")
+
+
+class ProbeFunction(Protocol):
+    """What the scheduler calls for one run; `umprobe.probes.sip_options.probe` is the default."""
+
+    def __call__(
+        self, spec: SipProbeSpec, *, deadline: float, contexts: TLSContextCache | None = ...
+    ) -> Coroutine[Any, Any, Sequence[ProbeResult]]: ...
+
+
+class ResultSink(Protocol):
+    """The part of `umprobe.store.ResultStore` the scheduler writes to."""
+
+    def record(self, probe: ProbeConfig, results: Sequence[ProbeResult]) -> None: ...
+    def observe_lag(self, seconds: float) -> None: ...
+    def probe_started(self) -> None: ...
+    def probe_finished(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateSummary:
+    """What `Scheduler.update` did, for the reload log line."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    unchanged: int = 0
+
+
+def phase_fraction(probe_id: str) -> float:
+    """Where in its interval a probe runs, in [0, 1): the first 8 bytes of sha256(id). Stable forever."""
+    digest = hashlib.sha256(probe_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+@dataclass(eq=False, slots=True)
+class _Entry:
+    probe: ProbeConfig
+    fraction: float
+    generation: int = 0
+    due: float | None = None
+    running: bool = False
+    skip_streak: int = 0
+    skipped: int = 0
+    runs: int = 0
+
+
+@dataclass(order=True, slots=True)
+class _Slot:
+    due: float
+    seq: int
+    entry: _Entry = field(compare=False)
+    generation: int = field(compare=False)
+
+
+class Scheduler:
+    """Runs each probe once per interval until cancelled; see the module docstring for how.
+
+    `store` receives lag, in-flight and results (`ResultSink`; normally a `umprobe.store.ResultStore`).
+    `probe_fn` and `wall_clock` are there for tests: a fake probe, and the clock that anchors the grid.
+    Call `update(probes)` before or while `run()` runs.
+    """
+
+    def __init__(
+        self,
+        store: ResultSink,
+        *,
+        max_concurrency: int,
+        contexts: TLSContextCache | None = None,
+        probe_fn: ProbeFunction | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        state_log: ProbeStateLog | None = None,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
+        self._store = store
+        self._limiter = trio.CapacityLimiter(max_concurrency)
+        self._contexts = contexts if contexts is not None else TLSContextCache()
+        self._probe_fn: ProbeFunction = probe_fn if probe_fn is not None else sip_options.probe
+        self._wall_clock = wall_clock
+        self._states = state_log if state_log is not None else ProbeStateLog()
+        self._entries: dict[str, _Entry] = {}
+        self._retired: dict[str, _Entry] = {}  # removed, but a run is still in flight
+        self._heap: list[_Slot] = []
+        self._seq = 0
+        self._epoch: float | None = None  # trio time of unix time 0, set when run() starts
+        self._nursery: trio.Nursery | None = None
+        self._changed = trio.Event()
+        self._skipped_total = 0
+        self._dropped_total = 0
+
+    # -- configuration ---------------------------------------------------------------------------------
+
+    @property
+    def max_concurrency(self) -> int:
+        """The global bound on runs in flight; settable (a reload may change it)."""
+        return int(self._limiter.total_tokens)
+
+    @max_concurrency.setter
+    def max_concurrency(self, value: int) -> None:
+        if value < 1:
+            raise ValueError(f"max_concurrency must be at least 1, not {value}")
+        self._limiter.total_tokens = value
+
+    @property
+    def contexts(self) -> TLSContextCache:
+        """The TLS context cache shared by every run (the daemon clears it on a successful reload)."""
+        return self._contexts
+
+    def update(self, probes: Sequence[ProbeConfig]) -> UpdateSummary:
+        """Make `probes` the set to run: unchanged ids keep their slots, changed ones take effect at their
+        next slot, removed ones stop (their in-flight results are dropped). Raises ValueError on a
+        duplicate id."""
+        wanted: dict[str, ProbeConfig] = {}
+        for probe in probes:
+            if probe.id in wanted:
+                raise ValueError(f"duplicate probe id {probe.id!r}")
+            wanted[probe.id] = probe
+        removed = tuple(pid for pid in self._entries if pid not in wanted)
+        for pid in removed:
+            gone = self._entries.pop(pid)
+            if gone.running:
+                self._retired[pid] = gone
+        added: list[str] = []
+        changed: list[str] = []
+        unchanged = 0
+        now = trio.current_time() if self._epoch is not None else 0.0
+        for pid, probe in wanted.items():
+            entry = self._entries.get(pid)
+            if entry is None:
+                # A probe removed by an earlier reload whose last run is still in flight comes back as the
+                # same entry, so that it cannot overlap that run.
+                entry = self._retired.pop(pid, None) or _Entry(probe, phase_fraction(pid))
+                entry.probe = probe
+                entry.generation += 1
+                self._entries[pid] = entry
+                added.append(pid)
+                if self._epoch is not None:
+                    self._schedule(entry, after=now)
+            elif entry.probe != probe:
+                old = entry.probe
+                entry.probe = probe
+                changed.append(pid)
+                if old.interval != probe.interval and self._epoch is not None:
+                    entry.generation += 1
+                    self._schedule(entry, after=now)
+            else:
+                unchanged += 1
+        self._states.forget(wanted.keys())
+        self._changed.set()
+        return UpdateSummary(tuple(added), removed, tuple(changed), unchanged)
+
+    # -- introspection (status page, tests) ------------------------------------------------------------
+
+    def probes(self) -> tuple[ProbeConfig, ...]:
+        """The probes currently scheduled."""
+        return tuple(entry.probe for entry in self._entries.values())
+
+    def offset(self, probe: ProbeConfig) -> float:
+        """Seconds into each interval (counted from unix time 0 on the wall clock) at which `probe` runs."""
+        return phase_fraction(probe.id) * probe.interval
+
+    def next_due(self, probe_id: str) -> float | None:
+        """The trio time of the probe's next slot, or None if unknown or not running yet."""
+        entry = self._entries.get(probe_id)
+        return entry.due if entry is not None else None
+
+    def is_running(self, probe_id: str) -> bool:
+        """True while a run of this probe is in flight (including waiting for the concurrency limit)."""
+        entry = self._entries.get(probe_id)
+        return entry is not None and entry.running
+
+    def skipped(self, probe_id: str) -> int:
+        """Slots of this probe skipped because its previous run had not finished."""
+        entry = self._entries.get(probe_id)
+        return entry.skipped if entry is not None else 0
+
+    @property
+    def skipped_slots(self) -> int:
+        """Slots skipped (previous run still going) since start, over all probes, removed ones included."""
+        return self._skipped_total
+
+    @property
+    def dropped_results(self) -> int:
+        """Runs whose results were dropped because their probe was removed or changed meanwhile."""
+        return self._dropped_total
+
+    # -- the loop --------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the timetable until cancelled; `task_status.started()` once every probe has its first slot."""
+        if self._nursery is not None:
+            raise RuntimeError("Scheduler.run() is already running")
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            now = trio.current_time()
+            self._epoch = now - self._wall_clock()
+            self._heap.clear()
+            for entry in self._entries.values():
+                entry.generation += 1
+                self._schedule(entry, after=now)
+            log_event(
+                _log,
+                logging.INFO,
+                "scheduler started",
+                probes=len(self._entries),
+                max_concurrency=self.max_concurrency,
+            )
+            task_status.started()
+            try:
+                await self._timer_loop()
+            finally:
+                self._nursery = None
+                self._epoch = None
+
+    async def _timer_loop(self) -> None:
+        fired = 0
+        while True:
+            slot = self._peek()
+            if slot is None:
+                await self._wait_for_change(math.inf)
+                continue
+            now = trio.current_time()
+            if slot.due > now:
+                fired = 0
+                await self._wait_for_change(slot.due)
+                continue
+            heapq.heappop(self._heap)
+            self._fire(slot.entry, slot.due, now)
+            fired += 1
+            if fired >= _FIRE_BATCH:
+                fired = 0
+                await trio.lowlevel.checkpoint()
+
+    def _peek(self) -> _Slot | None:
+        """The earliest live slot, discarding stale ones (removed probes, superseded generations)."""
+        while self._heap:
+            slot = self._heap[0]
+            entry = slot.entry
+            if slot.generation == entry.generation and self._entries.get(entry.probe.id) is entry:
+                return slot
+            heapq.heappop(self._heap)
+        return None
+
+    async def _wait_for_change(self, until: float) -> None:
+        with trio.move_on_at(until):
+            await self._changed.wait()
+        if self._changed.is_set():
+            self._changed = trio.Event()
+
+    def _schedule(self, entry: _Entry, *, after: float) -> None:
+        """Push the first slot of `entry` strictly later than `after` on its grid."""
+        assert self._epoch is not None
+        interval = entry.probe.interval
+        base = self._epoch + entry.fraction * interval
+        k = math.floor((after - base) / interval + _SLOT_EPSILON) + 1
+        entry.due = base + k * interval
+        self._seq += 1
+        heapq.heappush(self._heap, _Slot(entry.due, self._seq, entry, entry.generation))
+
+    def _fire(self, entry: _Entry, due: float, now: float) -> None:
+        # The next slot is planned from max(due, now): after a stall longer than an interval, the missed
+        # slots are not run in a burst to catch up.
+        self._schedule(entry, after=max(due, now))
+        probe = entry.probe
+        if entry.running:
+            entry.skipped += 1
+            entry.skip_streak += 1
+            self._skipped_total += 1
+            if entry.skip_streak == 1:
+                log_event(
+                    _log,
+                    logging.WARNING,
+                    "probe slot skipped: previous run still in progress",
+                    probe=probe.name,
+                    target=probe.target,
+                    interval=probe.interval,
+                    timeout=probe.timeout,
+                    skipped_total=entry.skipped,
+                )
+            return
+        if entry.skip_streak:
+            log_event(
+                _log,
+                logging.INFO,
+                "probe back on schedule",
+                probe=probe.name,
+                target=probe.target,
+                skipped=entry.skip_streak,
+            )
+            entry.skip_streak = 0
+        entry.running = True
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_one, entry, probe, due, name=f"probe {probe.id}")
+
+    async def _run_one(self, entry: _Entry, probe: ProbeConfig, planned: float) -> None:
+        results: Sequence[ProbeResult] | None = None
+        try:
+            async with self._limiter:
+                start = trio.current_time()
+                self._store.observe_lag(max(0.0, start - planned))
+                self._store.probe_started()
+                try:
+                    results = await self._call_probe(probe, start + probe.timeout)
+                finally:
+                    self._store.probe_finished()
+        finally:
+            entry.running = False
+            if self._retired.get(probe.id) is entry:
+                del self._retired[probe.id]
+        entry.runs += 1
+        if self._entries.get(probe.id) is not entry or entry.probe is not probe:
+            self._dropped_total += 1
+            log_event(
+                _log,
+                logging.DEBUG,
+                "probe result dropped: probe removed or changed by a reload",
+                probe=probe.name,
+                target=probe.target,
+            )
+            return
+        if results is None:
+            return
+        self._store.record(probe, results)
+        self._states.observe(probe, results)
+
+    async def _call_probe(self, probe: ProbeConfig, deadline: float) -> Sequence[ProbeResult] | None:
+        error: str
+        bug: BaseException | None = None
+        try:
+            with trio.move_on_at(deadline + OVERRUN_GRACE):
+                return await self._probe_fn(probe.spec, deadline=deadline, contexts=self._contexts)
+            error = f"probe function overran its deadline by more than {OVERRUN_GRACE:g}s and was cancelled"
+        except TLSConfigError as exc:
+            error = str(exc)
+        except Exception as exc:  # a bug in a probe must not stop the other probes
+            error = f"{type(exc).__name__}: {exc}"
+            bug = exc
+        if self._entries.get(probe.id) is not None:
+            self._states.observe_error(probe, error, exc_info=bug)
+        return None
