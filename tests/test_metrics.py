@@ -366,7 +366,7 @@ def test_label_sets() -> None:
             assert set(labels) == listener - {"address"}
         elif family == "umprobe_scheduler_lag_seconds":
             assert set(labels) <= {"le"}
-        elif family.startswith(("umprobe_config_", "umprobe_probes_in_flight")):
+        elif family.startswith(("umprobe_config_", "umprobe_probes_in_flight", "umprobe_scheduler_skipped")):
             assert labels == {}
         else:
             wanted = listener | extra.get(family, set())
@@ -466,6 +466,10 @@ def test_scheduler_lag_in_flight_and_reload() -> None:
     assert page.value("umprobe_scheduler_lag_seconds_bucket", le="60.0") == 4
     assert page.value("umprobe_scheduler_lag_seconds_count") == 5
     assert page.value("umprobe_probes_in_flight") == 1
+    assert page.value("umprobe_scheduler_skipped_slots_total") == 0
+    store.slot_skipped()
+    store.slot_skipped()
+    assert collect(store)[0].value("umprobe_scheduler_skipped_slots_total") == 2
     assert page.value("umprobe_config_last_reload_successful") == 0
     assert page.value("umprobe_config_last_reload_success_timestamp_seconds") == 1_800_000_000.0
     assert store.reload_status().last_error == "probes.toml: boom"

@@ -119,6 +119,7 @@ class FakeStore:
     lags: list[float] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
+    skipped: int = 0
 
     def record(self, probe: ProbeConfig, results: Sequence[ProbeResult]) -> None:
         self.records.append((probe, tuple(results)))
@@ -132,6 +133,9 @@ class FakeStore:
 
     def probe_finished(self) -> None:
         self.in_flight -= 1
+
+    def slot_skipped(self) -> None:
+        self.skipped += 1
 
     def recorded_ids(self) -> list[str]:
         return [p.id for p, _ in self.records]
@@ -297,7 +301,7 @@ async def test_a_probe_never_overlaps_itself(autojump_clock: trio.testing.MockCl
     # Each run covers 25 s: it starts on slot 0, 3, 6, 9; the two slots in between are skipped.
     assert fake.starts("slow") == pytest.approx(slots[::3])
     assert sched.skipped("slow") == len(slots) - len(slots[::3])
-    assert sched.skipped_slots == sched.skipped("slow")
+    assert sched.skipped_slots == sched.skipped("slow") == store.skipped
     assert store.lags == [0.0] * len(store.lags), "a skipped slot is not queued, so no run starts late"
 
 

@@ -126,9 +126,12 @@ KNOWN_KEYS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
     }
 )
 
-#: Label names the exporter sets itself; a target's `labels` may not use them.
+#: Label names the exporter sets itself (or Prometheus does); a target's `labels` may not use them.
 BUILTIN_LABELS: Final = frozenset(
-    {"probe", "target", "address", "port", "transport", "listener", "family", "job", "instance"}
+    {
+        *("probe", "target", "address", "port", "transport", "listener", "family", "vantage"),
+        *("phase", "reason", "version", "le", "quantile", "job", "instance"),
+    }
 )
 #: Modules that exist without being defined (a `[modules.NAME]` of the same name replaces one).
 BUILTIN_MODULES: Final[Mapping[str, str]] = MappingProxyType({"sip_tcp": "tcp", "sip_tls": "tls"})

@@ -39,6 +39,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from umprobe._version import __version__
+from umprobe.config import BUILTIN_LABELS
 from umprobe.probes.result import ProbeResult
 from umprobe.store import HistogramSnapshot, ResultStore
 
@@ -67,9 +68,7 @@ BASE_LABELS: tuple[str, ...] = ("probe", "target", "address", "port", "transport
 
 #: Label names a target's extra labels must not use; the config rejects them, and should one slip through it
 #: is exported as `exported_<name>` rather than clash.
-RESERVED_LABELS: frozenset[str] = frozenset(
-    {*BASE_LABELS, "vantage", "phase", "reason", "version", "le", "quantile", "job", "instance"}
-)
+RESERVED_LABELS: frozenset[str] = BUILTIN_LABELS
 
 _PHASES = ("resolve", "connect", "tls", "sip", "total")
 
@@ -144,6 +143,10 @@ _FAMILIES: dict[str, tuple[str, str]] = {
         "How late scheduled runs started against their planned slot.",
     ),
     "umprobe_probes_in_flight": ("gauge", "Scheduled runs in progress right now."),
+    "umprobe_scheduler_skipped_slots_total": (
+        "counter",
+        "Planned runs not started because the probe's previous run was still going (no overlap).",
+    ),
 }
 
 _PROBE_SUCCESS_HELP = "Displays whether or not the probe was a success"
@@ -312,6 +315,7 @@ class UmprobeCollector(Collector):
         )
         families.histogram("umprobe_scheduler_lag_seconds", {}, store.scheduler_lag())
         families.add("umprobe_probes_in_flight", {}, float(store.in_flight))
+        families.add("umprobe_scheduler_skipped_slots_total", {}, float(store.skipped_slots))
         yield from families.emit()
 
 

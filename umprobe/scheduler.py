@@ -99,6 +99,7 @@ class ResultSink(Protocol):
     def observe_lag(self, seconds: float) -> None: ...
     def probe_started(self) -> None: ...
     def probe_finished(self) -> None: ...
+    def slot_skipped(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +352,7 @@ class Scheduler:
             entry.skipped += 1
             entry.skip_streak += 1
             self._skipped_total += 1
+            self._store.slot_skipped()
             if entry.skip_streak == 1:
                 log_event(
                     _log,

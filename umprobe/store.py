@@ -197,6 +197,7 @@ class ResultStore:
         self._probes: dict[str, _ProbeState] = {}
         self._lag = _Histogram(SCHEDULER_LAG_BUCKETS)
         self._in_flight = 0
+        self._skipped_slots = 0
         self._reload_successful = False
         self._last_reload_success: float | None = None
         self._last_reload_error: str | None = None
@@ -260,6 +261,10 @@ class ResultStore:
     def probe_finished(self) -> None:
         self._in_flight = max(0, self._in_flight - 1)
 
+    def slot_skipped(self) -> None:
+        """A planned run did not start because the probe's previous run was still going."""
+        self._skipped_slots += 1
+
     def set_reload(self, *, success: bool, at: float, error: str | None = None) -> None:
         """The outcome of a configuration (re)load at wall-clock unix time `at` (`error`: why it failed)."""
         self._reload_successful = success
@@ -303,6 +308,10 @@ class ResultStore:
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    @property
+    def skipped_slots(self) -> int:
+        return self._skipped_slots
 
     def reload_status(self) -> ReloadStatus:
         return ReloadStatus(self._reload_successful, self._last_reload_success, self._last_reload_error)
