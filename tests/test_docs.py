@@ -62,3 +62,20 @@ def test_ellipsis_matching() -> None:
     assert matches(["a", "...", "d"], ["a", "d"])
     assert not matches(["a", "...", "d"], ["a", "b", "c"])
     assert not matches(["a"], ["a", "b"])
+
+
+_YAML = re.compile(r"```yaml\n(.*?)```", re.S)
+SCRAPE_CONFIGS = [(doc.name, block) for doc in DOCS for block in _YAML.findall(doc.read_text())]
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize(("doc", "block"), SCRAPE_CONFIGS, ids=[d for d, _ in SCRAPE_CONFIGS])
+def test_prometheus_configs_in_docs_pass_promtool(doc: str, block: str, tmp_path: Path) -> None:
+    config = tmp_path / "prometheus.yml"
+    config.write_text(block)
+    out = subprocess.run(
+        ["promtool", "check", "config", str(config)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, (
+        f"{doc}: promtool rejects a Prometheus config example:\n{out.stdout}{out.stderr}"
+    )
