@@ -20,7 +20,7 @@ from tests.lab.kamailio import KamailioInstance, Listener, TlsPolicy
 from tests.lab.netns import NetNamespace, blackhole_ruleset, sweep_stale_namespaces
 from tests.lab.pki import LabPKI, build_lab_pki
 from tests.lab.ports import allocate_port, hold_closed_port
-from tests.lab.proc import LabError, LabProcess, LabStartError
+from tests.lab.proc import LabError, LabProcess, LabStartError, require_binary
 from tests.lab.sipp import SippServer, SippServers, SippSpec
 from tests.lab.socat import SocatTlsFrontEnd
 
@@ -51,6 +51,7 @@ SIPP_SPECS = (
 
 BLACKHOLE_PORT = 5061  # SYN dropped inside the namespace: connect times out
 REMOTE_REFUSED_PORT = 5060  # TCP RST from inside the namespace: connect refused
+UNREACHABLE_PORT = 5062  # ICMP host-unreachable from inside the namespace: connect error
 
 
 @contextlib.contextmanager
@@ -186,7 +187,11 @@ def socat_mtls_sipp(lab_pki: LabPKI, lab_dir: Path, sipp_servers: SippServers) -
 def lab_netns(lab_dir: Path) -> Iterator[NetNamespace]:
     """A namespace whose address drops SYNs to BLACKHOLE_PORT and resets REMOTE_REFUSED_PORT."""
     ns = NetNamespace(
-        nft_rules=blackhole_ruleset(drop_ports=[BLACKHOLE_PORT], reset_ports=[REMOTE_REFUSED_PORT]),
+        nft_rules=blackhole_ruleset(
+            drop_ports=[BLACKHOLE_PORT],
+            reset_ports=[REMOTE_REFUSED_PORT],
+            unreachable_ports=[UNREACHABLE_PORT],
+        ),
         log_dir=lab_dir,
     )
     t0 = time.monotonic()
@@ -218,6 +223,38 @@ def remote_refused(lab_netns: NetNamespace) -> tuple[str, int]:
     """(address, port) on the namespace host that answers a SYN with a TCP reset."""
     assert lab_netns.address is not None
     return (lab_netns.address.ns_ip, REMOTE_REFUSED_PORT)
+
+
+@pytest.fixture(scope="session")
+def remote_unreachable(lab_netns: NetNamespace) -> tuple[str, int]:
+    """(address, port) on the namespace host that answers a SYN with ICMP host-unreachable."""
+    assert lab_netns.address is not None
+    return (lab_netns.address.ns_ip, UNREACHABLE_PORT)
+
+
+@pytest.fixture(scope="session")
+def http_server(lab_dir: Path) -> Iterator[tuple[str, int]]:
+    """(host, port) of a real HTTP server (Debian's blackbox_exporter) standing where SIP is expected."""
+    port = allocate_port()
+    config = lab_dir / "blackbox.yml"
+    config.write_text("modules:\n  tcp_connect:\n    prober: tcp\n")
+    proc = LabProcess(
+        "blackbox-exporter",
+        [
+            require_binary("prometheus-blackbox-exporter"),
+            f"--config.file={config}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        log_dir=lab_dir,
+        ready=[("127.0.0.1", port)],
+    )
+    with _lab_failures():
+        proc.start()
+    _LAB_PROCESSES.append(proc)
+    try:
+        yield ("127.0.0.1", port)
+    finally:
+        proc.stop()
 
 
 @pytest.fixture(scope="session")

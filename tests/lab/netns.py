@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,10 +153,14 @@ class NetNamespace:
         self.delete()
 
 
-def blackhole_ruleset(*, drop_ports: list[int], reset_ports: list[int]) -> str:
-    """An inet filter table: SYNs to `drop_ports` vanish, `reset_ports` get a TCP RST."""
+def blackhole_ruleset(
+    *, drop_ports: Sequence[int], reset_ports: Sequence[int], unreachable_ports: Sequence[int] = ()
+) -> str:
+    """An inet filter table: SYNs to `drop_ports` vanish, `reset_ports` get a TCP RST, `unreachable_ports` an
+    ICMP host-unreachable (the kernel rate-limits those: one connect per test is fine, a flood is not)."""
     rules = [f"        tcp dport {p} drop" for p in drop_ports]
     rules += [f"        tcp dport {p} reject with tcp reset" for p in reset_ports]
+    rules += [f"        tcp dport {p} reject with icmp type host-unreachable" for p in unreachable_ports]
     return (
         "table inet umprobe_lab {\n"
         "    chain input {\n"

@@ -216,6 +216,8 @@ async def _probe_address(
             Phase.TLS: Reason.TLS_HANDSHAKE_TIMEOUT,
         }.get(run.phase, Reason.SIP_TIMEOUT)
         detail = f"no answer within the deadline during {run.phase.value}"
+        if run.phase is Phase.TLS:
+            detail += " (a plain-TCP SIP port answers a TLS client this way)"
         if run.phase is Phase.SIP and run.provisional:
             detail += f" (after {run.provisional} provisional response(s))"
         run.note("error", detail)
