@@ -193,6 +193,23 @@ class ModuleConfig:
         """The port a module target uses when it names none: the module's, else the transport's default."""
         return self.port if self.port is not None else (5061 if self.transport == "tls" else 5060)
 
+    def spec_for(
+        self, host: str, port: int, *, listener: str = "custom", uri_scheme: Literal["sip", "sips"] = "sip"
+    ) -> SipProbeSpec:
+        """The probe of one listener through this module (the daemon's probes and /probe's ad-hoc ones)."""
+        return SipProbeSpec(
+            host=host,
+            port=port,
+            transport=self.transport,
+            listener=listener,
+            tls=self.tls,
+            server_name=self.server_name,
+            accept_status=self.accept_status,
+            families=self.families,
+            from_domain=self.from_domain,
+            uri_scheme=uri_scheme,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ProbeConfig:
@@ -961,17 +978,7 @@ class _Builder:
         shown = name if name is not None else host
         if ":" in shown and not shown.startswith("["):
             shown = f"[{shown}]"
-        spec = SipProbeSpec(
-            host=host,
-            port=port,
-            transport=module.transport,
-            listener=listener,
-            tls=module.tls,
-            server_name=module.server_name,
-            accept_status=module.accept_status,
-            families=module.families,
-            from_domain=module.from_domain,
-        )
+        spec = module.spec_for(host, port, listener=listener)
         return ProbeConfig(
             id=f"{host}|{listener}|{module.transport}|{port}|{module.name}",
             name=f"{shown}:{port}/{module.transport}",

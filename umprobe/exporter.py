@@ -57,7 +57,7 @@ from umprobe.errors import UserError
 from umprobe.metrics import CONTENT_TYPE, UmprobeCollector, describe_result, probe_page, render_metrics
 from umprobe.net.errors import TLSConfigError
 from umprobe.probes.result import ProbeResult
-from umprobe.probes.sip_options import SipProbeSpec, TLSContextCache
+from umprobe.probes.sip_options import TLSContextCache
 from umprobe.probes.sip_options import probe as sip_probe
 from umprobe.store import ResultStore
 from umprobe.targets import TargetError, parse_target
@@ -576,17 +576,7 @@ def _probe_config(target: str, module: ModuleConfig, config: Config) -> ProbeCon
     for probe in config.probes:
         if probe.module == module.name and probe.spec.port == port and _norm_host(probe.spec.host) == host:
             return probe
-    spec = SipProbeSpec(
-        host=parsed.host,
-        port=port,
-        transport=module.transport,
-        tls=module.tls,
-        server_name=module.server_name,
-        accept_status=module.accept_status,
-        families=module.families,
-        from_domain=module.from_domain,
-        uri_scheme="sips" if parsed.scheme == "sips" else "sip",
-    )
+    spec = module.spec_for(parsed.host, port, uri_scheme="sips" if parsed.scheme == "sips" else "sip")
     return ProbeConfig(
         id=f"{parsed.host}|{spec.listener}|{spec.transport}|{port}|{module.name}",
         name=f"{_hostport(parsed.host, port)}/{spec.transport}",
