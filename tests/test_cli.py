@@ -237,8 +237,8 @@ async def test_ports() -> None:
         assert port in out.stdout
 
 
-async def test_demo_runs_a_whole_um_server() -> None:
-    out = await umprobe("demo", "--json")
+async def test_demo_once_checks_a_whole_um_server() -> None:
+    out = await umprobe("demo", "--once", "--json")
     assert out.returncode == 0, out
     doc = json.loads(out.stdout)
     results = doc["results"]

@@ -7,6 +7,7 @@ mistakes a typo for a CRITICAL listener.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -290,24 +291,105 @@ def ports() -> None:
     )
 
 
-@cli.command()
-@click.option("--timeout", type=float, default=5.0, show_default=True, help="Deadline for the whole check.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON, like `check --json`.")
-@click.option("-v", "--verbose", is_flag=True, help="Print every probe's transcript.")
-def demo(timeout: float, as_json: bool, verbose: bool) -> None:
-    """Run a whole Exchange UM server's SIP listeners on loopback and check them (no Exchange needed).
+_DEMO_EPILOG = """\b
+What it shows:
+  A throwaway CA and certificates, and one loopback port per UM SIP listener of an
+  Exchange 2016 server in Dual mode (5060-5063, 5065-5068; plain TCP, and mutual TLS
+  where Exchange uses it), answered by umprobe's own SIP responder. The umprobe
+  daemon probes them every 2 s from a probes.toml generated in memory and serves
+  /metrics, /probe and a status page; the terminal gets the addresses first, then a
+  summary of every listener every 5 s, and a final one at the end.
 
-    Makes a throwaway CA and certificates, serves SIP OPTIONS on one loopback port per UM listener (mutual
-    TLS on the TLS ones) and runs the same check as `umprobe check --profile exchange2016 --um-mode dual`.
+\b
+HTTP: --listen HOST:PORT, or 127.0.0.1:9874, or a free port on 127.0.0.1 when 9874
+is taken (said so in the output). An explicit --listen that is taken is an error.
+
+\b
+Examples:
+  umprobe demo                         until Ctrl-C; then curl http://127.0.0.1:9874/metrics
+  umprobe demo --duration 30           stop by itself after 30 s
+  umprobe demo --listen 127.0.0.1:0    any free port (printed)
+  umprobe demo --once                  one check round, printed like `umprobe check`
+  umprobe demo --once --json           the same as one JSON object
+
+\b
+Exit codes: 0 when --duration is over or on Ctrl-C (SIGINT) or SIGTERM; with --once
+the Nagios code of the check; 3 for bad options or an --listen that cannot be bound.
+"""
+
+
+@cli.command(epilog=_DEMO_EPILOG)
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    help="Serve /metrics and the status page here: HOST:PORT, [IPv6]:PORT or :PORT. "
+    "[default: 127.0.0.1:9874, or a free port if that is taken]",
+)
+@click.option(
+    "--duration",
+    type=float,
+    metavar="SECONDS",
+    help="Stop after this many seconds. [default: run until Ctrl-C]",
+)
+@click.option("--once", is_flag=True, help="Run one check round, print it and exit (no daemon, no HTTP).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="With --once: print the result as JSON, like `check --json`."
+)
+@click.option(
+    "--timeout", type=float, help="With --once: deadline of the check round in seconds. [default: 5]"
+)
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="With --once: every probe's transcript. Live: the generated probes.toml, and the daemon's log on "
+    "stderr.",
+)
+def demo(
+    listen: str | None,
+    duration: float | None,
+    once: bool,
+    as_json: bool,
+    timeout: float | None,
+    verbose: bool,
+) -> None:
+    """Run an Exchange UM server's SIP listeners on loopback and watch them with the daemon (no Exchange).
+
+    Needs no root, no Exchange and nothing outside umprobe: the listeners, the certificates and the daemon
+    all run in this one process, on 127.0.0.1. With --once it checks them once, as
+    `umprobe check --profile exchange2016 --um-mode dual` would, and exits with that check's code.
     """
-    from umprobe.demo import run_demo
+    if once:
+        for value, option in ((listen, "--listen"), (duration, "--duration")):
+            if value is not None:
+                raise click.UsageError(f"{option} does not go with --once (a one-shot check serves nothing)")
+        from umprobe.demo import run_demo
 
-    timeout = _seconds(timeout, "--timeout") or 5.0
-    report = trio.run(
-        lambda: run_demo(check_seconds=timeout, say=(lambda _t: None) if as_json else click.echo)
-    )
-    click.echo(render_json(report) if as_json else render_text(report, Thresholds(), verbose=verbose))
-    sys.exit(int(report.state))
+        seconds = _seconds(timeout, "--timeout") or 5.0
+        report = trio.run(
+            lambda: run_demo(check_seconds=seconds, say=(lambda _t: None) if as_json else click.echo)
+        )
+        click.echo(render_json(report) if as_json else render_text(report, Thresholds(), verbose=verbose))
+        sys.exit(int(report.state))
+    for flag, option in ((as_json, "--json"), (timeout is not None, "--timeout")):
+        if flag:
+            raise click.UsageError(f"{option} goes with --once")
+    _seconds(duration, "--duration")
+    if listen is not None:
+        from umprobe.exporter import parse_listen
+
+        try:
+            parse_listen(listen)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--listen") from None
+    from umprobe.demo import serve_demo
+
+    try:
+        trio.run(lambda: serve_demo(listen=listen, duration=duration, verbose=verbose, say=click.echo))
+    except BrokenPipeError:
+        # Whoever read the output has gone (`umprobe demo | head`): stop quietly, as Python's docs advise.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 cli.add_command(config_group)

@@ -3,8 +3,8 @@
 Theory of operation
 -------------------
 `run_daemon` loads the config (a bad one raises `ConfigError`, a `UserError`: one line, exit 3), sets up
-logging, builds the `ResultStore`, the shared `TLSContextCache` and the `Scheduler`, and then runs three
-things in one nursery until a signal ends them:
+logging, and `Daemon.from_config` builds the `ResultStore`, the shared `TLSContextCache` and the
+`Scheduler`; `Daemon.serve` then runs three things in one nursery until a signal ends them:
 
 - the exporter (`serve_exporter`), started first with `nursery.start` so that a port already in use is a
   one-line `UserError` before any probe runs;
@@ -28,6 +28,12 @@ for another one is applied otherwise and says so in a warning. Options given on 
 
 trio's nurseries raise exception groups; `run_daemon` unwraps a lone `UserError` (the exporter's "cannot
 listen on ...") so that the command line can print its one line.
+
+A `Daemon` does not need a file: `umprobe demo` builds its `Config` in memory (`parse_config`) and gives
+`Daemon.from_config` a `load` function instead of a path, which a reload calls in place of `load_config`.
+`serve` can run inside a caller's nursery (`nursery.start(daemon.serve)` returns the exporter's bound
+addresses); its signal receiver is opened inside any the caller holds, so while it runs it gets SIGTERM,
+SIGINT and SIGHUP, and the caller's receiver gets them again once it has returned.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import cast
@@ -50,7 +56,7 @@ from umprobe.probes.sip_options import TLSContextCache
 from umprobe.scheduler import Scheduler
 from umprobe.store import ResultStore
 
-__all__ = ["Daemon", "run_daemon"]
+__all__ = ["Daemon", "lone_user_error", "run_daemon"]
 
 _log = logging.getLogger("umprobe.daemon")
 
@@ -66,21 +72,63 @@ class Daemon:
 
     def __init__(
         self,
-        config_path: Path,
+        config_path: Path | None,
         config: Config,
         *,
         store: ResultStore,
         scheduler: Scheduler,
         listen: str,
         log_format: LogFormat | None = None,
+        load: Callable[[], Config] | None = None,
     ) -> None:
+        """`load` reads the config again on a reload (default: `load_config(config_path)`); a daemon
+        without a file (`config_path=None`) must give one."""
+        if load is None:
+            if config_path is None:
+                raise ValueError("a Daemon needs a config_path or a load function")
+            load = partial(load_config, config_path)
         self.config_path = config_path
         self.config = config
         self.store = store
         self.scheduler = scheduler
         self.listen = listen
+        self.bound: tuple[tuple[str, int], ...] = ()
         self._log_format = log_format
+        self._load = load
         self._lock = trio.Lock()
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        *,
+        listen: str,
+        config_path: Path | None = None,
+        load: Callable[[], Config] | None = None,
+        log_format: LogFormat | None = None,
+    ) -> Daemon:
+        """A daemon for `config` with a fresh store and scheduler, ready to `serve`."""
+        store = ResultStore()
+        store.set_probes(config.probes)
+        store.set_reload(success=True, at=time.time())
+        scheduler = Scheduler(
+            store, max_concurrency=config.scheduler.max_concurrency, contexts=TLSContextCache()
+        )
+        scheduler.update(config.probes)
+        return cls(
+            config_path,
+            config,
+            store=store,
+            scheduler=scheduler,
+            listen=listen,
+            log_format=log_format,
+            load=load,
+        )
+
+    @property
+    def source(self) -> str:
+        """What the config is read from, for log lines: the file, or the in-memory config's source name."""
+        return str(self.config_path) if self.config_path is not None else self.config.source
 
     def get_config(self) -> Config:
         """The config in force (for the exporter's /probe and status page)."""
@@ -92,9 +140,8 @@ class Daemon:
             return self._reload_now(source)
 
     def _reload_now(self, source: str) -> bool:
-        path = self.config_path
         try:
-            new = load_config(path)
+            new = self._load()
         except UserError as exc:
             return self._reject(source, str(exc), None)
         except Exception as exc:  # a bug while loading must not take the running daemon down
@@ -113,7 +160,7 @@ class Daemon:
             logging.INFO,
             "config reloaded",
             source=source,
-            config=str(path),
+            config=self.source,
             probes=len(new.probes),
             added=len(summary.added),
             removed=len(summary.removed),
@@ -143,15 +190,19 @@ class Daemon:
             logging.ERROR,
             "config reload failed; the running config stays in force",
             source=source,
-            config=str(self.config_path),
+            config=self.source,
             error=error,
             exc_info=exc,
         )
         self.store.set_reload(success=False, at=time.time(), error=error)
         return False
 
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run exporter, scheduler and signal handling until SIGTERM/SIGINT (or cancellation)."""
+    async def serve(
+        self, *, task_status: trio.TaskStatus[tuple[tuple[str, int], ...]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run exporter, scheduler and signal handling until SIGTERM/SIGINT (or cancellation).
+
+        `task_status.started()` gets the exporter's bound (host, port) pairs, also kept in `self.bound`."""
         with trio.open_signal_receiver(*_STOP_SIGNALS, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 bound = await nursery.start(
@@ -163,17 +214,18 @@ class Daemon:
                         reload=self.reload,
                     )
                 )
+                self.bound = bound
                 await nursery.start(self.scheduler.run)
                 log_event(
                     _log,
                     logging.INFO,
                     "umprobe running",
-                    config=str(self.config_path),
+                    config=self.source,
                     listen=" ".join(_hostport(str(h), int(p)) for h, p in bound),
                     probes=len(self.config.probes),
                     max_concurrency=self.scheduler.max_concurrency,
                 )
-                task_status.started()
+                task_status.started(bound)
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         nursery.start_soon(self.reload, "SIGHUP")
@@ -191,6 +243,13 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]
             yield exc
 
 
+def lone_user_error(group: BaseExceptionGroup[BaseException]) -> UserError | None:
+    """The `UserError` a nursery's exception group holds when it holds nothing else (e.g. the exporter's
+    "cannot listen on ..."), else None."""
+    leaves = list(_leaves(group))
+    return leaves[0] if len(leaves) == 1 and isinstance(leaves[0], UserError) else None
+
+
 async def run_daemon(config_path: Path, *, listen: str | None, log_format: str | None) -> None:
     """Run `umprobe run` until SIGTERM/SIGINT. Raises `UserError` (one line, exit 3) for a bad config or an
     exporter address that cannot be bound."""
@@ -199,24 +258,14 @@ async def run_daemon(config_path: Path, *, listen: str | None, log_format: str |
     fmt = cast("LogFormat | None", log_format)
     config = load_config(config_path)
     configure_logging(fmt=fmt or config.log.format, level=config.log.level)
-    store = ResultStore()
-    store.set_probes(config.probes)
-    store.set_reload(success=True, at=time.time())
-    scheduler = Scheduler(store, max_concurrency=config.scheduler.max_concurrency, contexts=TLSContextCache())
-    scheduler.update(config.probes)
-    daemon = Daemon(
-        config_path,
-        config,
-        store=store,
-        scheduler=scheduler,
-        listen=listen or config.exporter.listen,
-        log_format=fmt,
+    daemon = Daemon.from_config(
+        config, listen=listen or config.exporter.listen, config_path=config_path, log_format=fmt
     )
     try:
         await daemon.serve()
     except BaseExceptionGroup as group:
-        leaves = list(_leaves(group))
-        if len(leaves) == 1 and isinstance(leaves[0], UserError):
-            raise leaves[0] from None
+        error = lone_user_error(group)
+        if error is not None:
+            raise error from None
         raise
     log_event(_log, logging.INFO, "umprobe stopped")

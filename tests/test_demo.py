@@ -1,0 +1,331 @@
+"""`umprobe demo` as README's first command: one process, a lab on loopback, the daemon on it, /metrics.
+
+The live tests run the real command as a subprocess (`python -m umprobe.cli demo ...`), read the addresses it
+prints, scrape /metrics and the status page while it runs, and end it by --duration or by a signal. Every
+wait is bounded; every process started here is killed by its PID in teardown. Only 127.0.0.1 is used.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.test_metrics import promtool_check, result
+from umprobe.config import parse_config
+from umprobe.daemon import Daemon
+from umprobe.demo import (
+    DEMO_LAYOUT,
+    _start_daemon,
+    demo_config,
+    demo_config_text,
+    open_demo_lab,
+    render_summary,
+)
+from umprobe.probes.result import Phase, Reason
+from umprobe.store import ResultStore
+
+WAIT = 15.0  # upper bound of any single wait, in seconds
+_URL = re.compile(r"^\s+metrics\s+(http://\S+)/metrics$")
+
+
+class DemoProcess:
+    """One `umprobe demo` subprocess; its stdout lines collected by a reader thread."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "umprobe.cli", "demo", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.lines: list[str] = []
+        self.stderr = ""
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, name="demo-stdout", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def output(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def wait_for_line(self, match: Callable[[str], bool], timeout: float = WAIT) -> str:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self.lines:
+                    if match(line):
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0 or self.proc.poll() is not None:
+                    raise AssertionError(
+                        f"no such line; rc={self.proc.poll()}; output:\n" + "\n".join(self.lines)
+                    )
+                self._cond.wait(min(left, 0.2))
+
+    def base_url(self) -> str:
+        line = self.wait_for_line(lambda text: _URL.match(text) is not None)
+        match = _URL.match(line)
+        assert match is not None
+        return match.group(1)
+
+    def wait(self, timeout: float) -> int:
+        rc = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=WAIT)
+        assert self.proc.stderr is not None
+        self.stderr = self.proc.stderr.read()
+        return rc
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=WAIT)
+        self._reader.join(timeout=WAIT)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def start_demo() -> Iterator[Callable[..., DemoProcess]]:
+    started: list[DemoProcess] = []
+
+    def start(*args: str) -> DemoProcess:
+        process = DemoProcess(list(args))
+        started.append(process)
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.kill()
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read()
+
+
+def success_by_probe(page: bytes) -> dict[str, tuple[float, str, str]]:
+    """{probe label: (umprobe_probe_success, listener label, component label)}."""
+    out: dict[str, tuple[float, str, str]] = {}
+    for family in text_string_to_metric_families(page.decode()):
+        for sample in family.samples:
+            if sample.name == "umprobe_probe_success":
+                labels = sample.labels
+                out[labels["probe"]] = (sample.value, labels["listener"], labels.get("component", ""))
+    return out
+
+
+# -- live ------------------------------------------------------------------------------------------------
+
+
+def test_demo_serves_metrics_and_status_page_then_stops_by_itself(
+    start_demo: Callable[..., DemoProcess],
+) -> None:
+    duration = 6.0
+    demo = start_demo("--duration", f"{duration:g}", "--listen", "127.0.0.1:0")
+    base = demo.base_url()
+    demo.wait_for_line(lambda line: line.strip().startswith("status page"))
+    first = demo.output().splitlines()
+    assert first[1].strip().startswith("metrics") and first[2].strip().startswith("status page"), first
+    assert first[2].strip().endswith(f"{base}/"), first
+
+    # Every listener is probed within one interval (2 s) of start; wait for all eight, then judge.
+    deadline = time.monotonic() + WAIT
+    while True:
+        status, page = get(base + "/metrics")
+        assert status == 200
+        found = success_by_probe(page)
+        if len(found) == len(DEMO_LAYOUT):
+            break
+        assert time.monotonic() < deadline and demo.proc.poll() is None, (found, demo.output())
+        time.sleep(0.2)
+    assert all(value == 1.0 for value, _, _ in found.values()), found
+    components = sorted(component for _, _, component in found.values())
+    assert components == sorted(port.listener for port in DEMO_LAYOUT)
+    assert {listener for _, listener, component in found.values() if component == "call_router"} == {
+        "call_router"
+    }
+    promtool_check(page)
+
+    status, body = get(base + "/")
+    assert status == 200
+    html = body.decode()
+    for probe in found:
+        assert probe in html, probe
+
+    rc = demo.wait(timeout=duration + WAIT)
+    elapsed = time.monotonic() - demo.started
+    assert rc == 0, (demo.output(), demo.stderr)
+    assert elapsed >= duration
+    out = demo.output()
+    assert re.search(r"^\d\d:\d\d:\d\d \(\+\d+s\): 8 of 8 SIP listeners up", out, re.MULTILINE), out
+    final = next(line for line in out.splitlines() if line.startswith("final"))
+    assert f"--duration {duration:g}s is over" in final and "8 of 8 SIP listeners up" in final, final
+    assert "Traceback" not in demo.stderr, demo.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_ends_it_within_a_second(start_demo: Callable[..., DemoProcess], signum: int) -> None:
+    demo = start_demo("--listen", "127.0.0.1:0")
+    demo.wait_for_line(lambda line: "SIP listeners up" in line)
+    t0 = time.monotonic()
+    os.kill(demo.proc.pid, signum)
+    rc = demo.wait(timeout=WAIT)
+    took = time.monotonic() - t0
+    assert rc == 0, (demo.output(), demo.stderr)
+    assert took < 1.0, took
+    final = next(line for line in demo.output().splitlines() if line.startswith("final"))
+    assert "stopped by a signal" in final and "8 of 8 SIP listeners up" in final, final
+    assert "Traceback" not in demo.stderr, demo.stderr
+
+
+async def test_default_address_falls_back_to_a_free_port_when_taken() -> None:
+    # In-process, with an address this test holds, so no other process on the machine can make it flaky.
+    config = parse_config(
+        '[[targets]]\nhost = "127.0.0.1"\nmodule = "sip_tcp"\nport = 9\n', source="t.toml", check_files=False
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        held_port = taken.getsockname()[1]
+        held = f"127.0.0.1:{held_port}"
+        daemon = Daemon.from_config(config, listen=held, load=lambda: config)
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                bound, note = await _start_daemon(nursery, daemon, fallback=True)
+                nursery.cancel_scope.cancel()
+    assert note is not None and note.startswith(f"{held} is not available"), note
+    assert bound and all(port != held_port for _, port in bound), bound
+
+
+def test_an_explicit_listen_address_that_is_taken_is_one_line_and_exit_3(
+    start_demo: Callable[..., DemoProcess],
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        demo = start_demo("--listen", address, "--duration", "5")
+        rc = demo.wait(timeout=WAIT)
+    assert rc == 3
+    lines = demo.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("umprobe: error: ") and address in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--json"], "--json goes with --once"),
+        (["--timeout", "3"], "--timeout goes with --once"),
+        (["--once", "--listen", "127.0.0.1:0"], "--listen does not go with --once"),
+        (["--once", "--duration", "3"], "--duration does not go with --once"),
+        (["--duration", "0"], "--duration"),
+        (["--listen", "localhost"], "--listen"),
+    ],
+)
+def test_options_that_do_not_fit_are_one_line_and_exit_3(
+    start_demo: Callable[..., DemoProcess], args: list[str], expected: str
+) -> None:
+    demo = start_demo(*args)
+    rc = demo.wait(timeout=WAIT)
+    assert rc == 3
+    lines = demo.stderr.splitlines()
+    assert len(lines) == 1 and expected in lines[0], lines
+    assert demo.output() == ""
+
+
+# -- once -------------------------------------------------------------------------------------------------
+
+
+def test_once_checks_the_lab_like_check_does(start_demo: Callable[..., DemoProcess]) -> None:
+    demo = start_demo("--once")
+    rc = demo.wait(timeout=WAIT)
+    out = demo.output()
+    assert rc == 0, (out, demo.stderr)
+    assert "UMPROBE OK" in out
+    for port in DEMO_LAYOUT:
+        assert f"{port.exchange_port}/{port.transport}" in out
+
+
+# -- the generated config, in process --------------------------------------------------------------------
+
+
+async def test_the_generated_config_probes_every_lab_listener() -> None:
+    async with open_demo_lab() as lab:
+        text = demo_config_text(lab)
+        config = demo_config(lab, text)
+        by_port = {probe.spec.port: probe for probe in config.probes}
+        assert sorted(by_port) == sorted(item.bound_port for item in lab.listeners)
+        for item in lab.listeners:
+            probe = by_port[item.bound_port]
+            assert probe.spec.transport == item.port.transport
+            assert dict(probe.labels) == {"component": item.port.listener}
+            # A profile cannot move the UM service and worker ports: those are module targets ("custom").
+            expected = "call_router" if item.port.listener == "call_router" else "custom"
+            assert probe.spec.listener == expected
+            assert probe.required and probe.interval < 5 and probe.timeout < probe.interval
+            if item.port.transport == "tls":
+                tls = probe.spec.tls
+                assert tls is not None and tls.cert_file == str(lab.client_cert)
+
+
+async def test_the_summary_shows_waiting_up_and_down_listeners() -> None:
+    async with open_demo_lab() as lab:
+        config = demo_config(lab)
+    store = ResultStore(clock=lambda: 1000.0)
+    store.set_probes(config.probes)
+    up, down = config.probes[0], config.probes[1]
+    store.record(up, [result(up, address="127.0.0.1")])
+    store.record(
+        down,
+        [result(down, address="127.0.0.1", reason=Reason.CONNECT_REFUSED, phase=Phase.CONNECT, status=None)],
+    )
+    text = render_summary(lab, store, title="now", now=1002.5)
+    lines = text.splitlines()
+    assert lines[0] == f"now: 1 of {len(config.probes)} SIP listeners up (2 probes run, 1 failed)"
+    assert lines[1].split() == [
+        "LISTENER",
+        "STANDS",
+        "FOR",
+        "PROBE",
+        "STATE",
+        "SIP",
+        "LAST",
+        "RUN",
+        "RUNS",
+        "FAILED",
+    ]
+    assert f"5060/tcp    {up.name}  up" in lines[2] and "200 in 3.0 ms  2.5s ago" in lines[2], lines[2]
+    assert f"5061/tls    {down.name}  DOWN: connect_refused" in lines[3], lines[3]
+    assert all("waiting" in line for line in lines[4:]), lines
