@@ -1,0 +1,1 @@
+"""Tests for the sans-I/O media package umprobe.media."""
