@@ -17,6 +17,8 @@ import trio
 from umprobe._version import __version__
 from umprobe.check import CheckItem, Thresholds, evaluate, render_json, render_text, run_check
 from umprobe.commands.config_cmd import config_group
+from umprobe.commands.peer_cmd import peer_command
+from umprobe.commands.rtp_cmd import rtp_command
 from umprobe.commands.run_cmd import run_command
 from umprobe.errors import UserError
 from umprobe.net.errors import TLSConfigError
@@ -394,6 +396,8 @@ def demo(
 
 cli.add_command(config_group)
 cli.add_command(run_command)
+cli.add_command(rtp_command)
+cli.add_command(peer_command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
