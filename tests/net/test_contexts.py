@@ -303,6 +303,7 @@ def test_alert_names(reason: str, alert: str | None) -> None:
 
 def test_verify_error_texts_match_the_linked_openssl() -> None:
     from OpenSSL._util import ffi, lib  # the OpenSSL that pyOpenSSL links (cryptography's), not the system's
+
     for code, text in _VERIFY_ERRORS.items():
         actual = ffi.string(lib.X509_verify_cert_error_string(code)).decode()
         # OpenSSL 3 appended a hint to code 9; compare the stable beginning.

@@ -74,6 +74,7 @@ async def test_open_tcp_connects_and_sets_nodelay() -> None:
 async def test_open_tcp_ipv6_loopback() -> None:
     # umprobe probes IPv6 listeners; the lab (and CI) must have ::1. A host without it fails here, loudly.
     assert _ipv6_loopback_works(), "this host has no IPv6 loopback (::1): the IPv6 tests need it"
+
     async def handler(stream: trio.SocketStream) -> None:
         await stream.aclose()
 
