@@ -22,6 +22,7 @@ from umprobe.config import (
     DEFAULT_INTERVAL,
     DEFAULT_TIMEOUT,
     KNOWN_KEYS,
+    RTP_DEFAULT_INTERVAL,
     Config,
     ConfigError,
     ProbeConfig,
@@ -33,6 +34,7 @@ from umprobe.config import (
 from umprobe.devcerts import DevCA
 from umprobe.errors import UserError
 from umprobe.net.tls import TLSClientConfig
+from umprobe.probes.rtp import estimate_seconds
 from umprobe.sip import DEFAULT_ACCEPT
 
 REPO = Path(__file__).resolve().parent.parent
@@ -1019,3 +1021,376 @@ def test_main_config_check_exit_codes(
     assert info.value.code == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and 'modules.mtls.key_file = "other.key"' in err
+
+
+# ----------------------------------------------------------------------------------------------------
+# port_map: a profile's listeners reached at other ports
+
+
+def test_port_map_moves_listeners_and_keeps_names_flags_and_groups() -> None:
+    config = parse(
+        """
+[[targets]]
+host = "mbx01.contoso.local"
+profile = "exchange2016"
+um_mode = "dual"
+port_map = { 5060 = 41000, 5062 = 41002, "5065" = 41005 }
+"""
+    )
+    probes = {(p.spec.listener, p.spec.transport, p.spec.port): p for p in config.probes}
+    assert len(config.probes) == 12
+    assert set(probes) == {
+        ("call_router", "tcp", 41000),
+        ("call_router", "tls", 5061),
+        ("um_service", "tcp", 41002),
+        ("um_service", "tls", 5063),
+        *(("um_worker", t, p) for t in ("tcp", "tls") for p in (41005, 5066, 5067, 5068)),
+    }
+    moved = probes[("um_worker", "tls", 41005)]
+    assert (moved.required, moved.group) == (False, "um_worker_tls")
+    assert moved.name == "mbx01.contoso.local:41005/tls"
+    assert moved.id == "mbx01.contoso.local|um_worker|tls|41005|sip_tls"
+    assert probes[("um_service", "tcp", 41002)].required
+    # the call router port keys still work, and port_map keys then follow the moved port
+    config = parse(
+        '[[targets]]\nhost = "a"\nprofile = "exchange2016"\nroles = ["call_router"]\n'
+        "call_router_tcp_port = 5080\nport_map = { 5080 = 6080 }\n"
+    )
+    assert sorted((p.spec.transport, p.spec.port) for p in config.probes) == [("tcp", 6080), ("tls", 5061)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# [[rtp]]
+
+RTP = '[[rtp]]\npeer = "mbx01.contoso.local:7900"\nsecret_file = "peer.secret"\n'
+
+
+def test_rtp_entry_with_defaults() -> None:
+    config = parse(RTP, base_dir=Path("/etc/umprobe"))
+    (entry,) = config.rtp
+    spec = entry.spec
+    assert (entry.name, entry.target, entry.id) == (
+        "mbx01.contoso.local",
+        "mbx01.contoso.local",
+        "rtp|mbx01.contoso.local|7900|peer|mbx01.contoso.local",
+    )
+    assert (spec.host, spec.port, spec.mode, spec.rtp_range) == (
+        "mbx01.contoso.local",
+        7900,
+        "peer",
+        (1024, 65535),
+    )
+    assert (spec.samples, spec.packets, spec.concurrency, spec.rtcp) == (32, 50, 3, True)
+    assert spec.tls is None and spec.media_host is None
+    assert entry.secret_file == "/etc/umprobe/peer.secret"
+    assert entry.interval == RTP_DEFAULT_INTERVAL == 60.0
+    # the derived timeout: 1.5 x the estimate + 2 s, rounded up, under 90 % of the interval
+    assert estimate_seconds(spec) == 25.0 and entry.timeout == 40.0
+    assert entry.cycles_per_sweep == 1008 and entry.sweep_seconds == 1008 * 60.0
+    assert config.jobs == config.rtp and config.probes == ()
+    assert "peer.secret" not in repr(spec) and "secret=" not in repr(spec)
+
+
+def test_rtp_entry_with_every_key(tmp_path: Path) -> None:
+    (tmp_path / "peer.secret").write_text("  correct horse battery staple\n")
+    text = """
+[[rtp]]
+peer = "[2001:DB8::5]:7901"
+name = "mbx02"
+mode = "peer"
+secret_file = "peer.secret"
+range = "20000-29999"
+samples = 64
+packets = 20
+concurrency = 4
+interval = 120
+timeout = 30
+media_host = "10.0.5.21"
+tls = true
+server_name = "peer.contoso.local"
+insecure = true
+labels = { site = "ams", role = "mailbox" }
+"""
+    config = parse(text, base_dir=tmp_path, check_files=True)
+    (entry,) = config.rtp
+    spec = entry.spec
+    assert (entry.name, spec.host, spec.port) == ("mbx02", "2001:db8::5", 7901)
+    assert spec.secret == b"correct horse battery staple"  # read, whitespace stripped
+    assert (spec.rtp_range, spec.samples, spec.packets, spec.concurrency) == ((20000, 29999), 64, 20, 4)
+    assert (entry.interval, entry.timeout) == (120.0, 30.0)
+    assert spec.media_host == "10.0.5.21" and spec.server_name == "peer.contoso.local"
+    assert spec.tls == TLSClientConfig(insecure=True)
+    assert entry.labels == (("role", "mailbox"), ("site", "ams"))
+    assert entry.cycles_per_sweep == 79  # ceil(5000 / 64)
+    lines = describe(config).splitlines()
+    assert lines[0].split()[:3] == ["RTP", "PEER", "CONTROL"]
+    assert lines[1].split() == [
+        "mbx02",
+        "[2001:db8::5]:7901/tls",
+        "peer",
+        "20000-29999",
+        "64",
+        "20",
+        "79",
+        "runs",
+        "=",
+        "2.6",
+        "h",
+        "120s",
+        "30s",
+        "role=mailbox,site=ams",
+    ]
+    assert lines[-1] == "probes.toml: OK: 0 probes on 0 hosts ([[targets]] is empty), 1 RTP peer"
+    assert "horse" not in describe(config)
+
+
+def test_rtp_plain_echo_entry() -> None:
+    config = parse('[[rtp]]\npeer = "sbc01.contoso.local"\nmode = "plain-echo"\nports = [40002, 40000]\n')
+    (entry,) = config.rtp
+    spec = entry.spec
+    assert (spec.mode, spec.ports, spec.rtp_range, spec.rtcp) == (
+        "plain-echo",
+        (40002, 40000),
+        (40000, 40002),
+        False,
+    )
+    assert spec.secret == b"" and entry.secret_file is None
+    assert entry.id == "rtp|sbc01.contoso.local|0|plain-echo|sbc01.contoso.local"
+    assert entry.cycles_per_sweep == 1
+    assert "plain-echo (UNAUTHENTICATED)" in describe(config)
+
+
+def test_rtp_and_targets_together() -> None:
+    config = parse(
+        TARGET + RTP + '[[rtp]]\npeer = "mbx02.contoso.local:7900"\nsecret_file = "s"\nname = "m2"\n'
+    )
+    assert len(config.probes) == 1 and len(config.rtp) == 2
+    assert config.jobs == (*config.probes, *config.rtp)
+    lines = describe(config).splitlines()
+    assert lines[2] == "" and lines[3].startswith("RTP PEER")
+    assert lines[-1] == "probes.toml: OK: 1 probe on 1 host, modules sip_tcp, 2 RTP peers"
+
+
+RTP_ERRORS = [
+    # the table and its keys
+    ('[rtp]\npeer = "a:1"\n', 1, 'rtp = { peer = "a:1" }', "array of tables ([[rtp]])"),
+    (RTP + "sampels = 8\n", 4, "rtp[0].sampels = 8", "did you mean samples?"),
+    (RTP + 'from_domain = "x"\n', 4, 'rtp[0].from_domain = "x"', "it belongs in [defaults]"),
+    ('[[rtp]]\nhost = "mbx01"\n', 2, 'rtp[0].host = "mbx01"', 'peer = "HOST:PORT"'),
+    # peer and name
+    ('[[rtp]]\nsecret_file = "s"\n', 1, "rtp[0]: peer is required", "control address"),
+    ('[[rtp]]\npeer = 7900\nsecret_file = "s"\n', 2, "rtp[0].peer = 7900", "must be a string"),
+    ('[[rtp]]\npeer = "mbx01"\nsecret_file = "s"\n', 2, 'rtp[0].peer = "mbx01"', "needs the control port"),
+    ('[[rtp]]\npeer = "a b:7900"\nsecret_file = "s"\n', 2, 'rtp[0].peer = "a b:7900"', '"HOST:PORT"'),
+    ('[[rtp]]\npeer = "sip:a:7900"\nsecret_file = "s"\n', 2, 'rtp[0].peer = "sip:a:7900"', '"HOST:PORT"'),
+    ('[[rtp]]\npeer = "a:70000"\nsecret_file = "s"\n', 2, 'rtp[0].peer = "a:70000"', '"HOST:PORT"'),
+    (RTP + 'name = "a\\tb"\n', 4, 'rtp[0].name = "a\\tb"', "without control characters"),
+    (RTP + "\n" + RTP, 6, 'rtp[1].peer = "mbx01.contoso.local:7900"', 'peer name "mbx01.contoso.local"'),
+    (RTP + 'name = "x"\n' + RTP + 'name = "x"\n', 8, 'rtp[1].name = "x"', "used twice (also by rtp[0])"),
+    # mode, secret
+    (RTP + 'mode = "echo"\n', 4, 'rtp[0].mode = "echo"', 'must be one of "peer", "plain-echo"'),
+    ('[[rtp]]\npeer = "a:7900"\n', 1, "rtp[0]: secret_file is required", "at least 16 bytes"),
+    (RTP + "secret_file = 1\n", 0, "", "Cannot overwrite a value"),  # TOML: written twice
+    ('[[rtp]]\npeer = "a:1"\nsecret_file = 5\n', 3, "rtp[0].secret_file = 5", "must be a string"),
+    # range
+    (RTP + "range = [1024, 2048]\n", 4, "rtp[0].range = [1024, 2048]", "must be a string"),
+    (RTP + 'range = "1024:2048"\n', 4, 'rtp[0].range = "1024:2048"', 'must be "LO-HI"'),
+    (RTP + 'range = "80-2048"\n', 4, 'rtp[0].range = "80-2048"', "1024 <= LO <= HI <= 65535"),
+    (RTP + 'range = "3000-2000"\n', 4, 'rtp[0].range = "3000-2000"', "1024 <= LO <= HI <= 65535"),
+    (RTP + 'range = "2001-2001"\n', 4, 'rtp[0].range = "2001-2001"', "holds no even port"),
+    # numbers
+    (RTP + "samples = 0\n", 4, "rtp[0].samples = 0", "a whole number from 1 to 256"),
+    (RTP + 'samples = "32"\n', 4, 'rtp[0].samples = "32"', "a whole number from 1 to 256"),
+    (RTP + "packets = 3001\n", 4, "rtp[0].packets = 3001", "from 1 to 3000"),
+    (RTP + "concurrency = 65\n", 4, "rtp[0].concurrency = 65", "from 1 to 64"),
+    (RTP + 'interval = "60s"\n', 4, 'rtp[0].interval = "60s"', 'unquoted: 5, not "5s"'),
+    (RTP + "timeout = 0\n", 4, "rtp[0].timeout = 0", "positive"),
+    # timing against the estimate: both numbers named
+    (
+        RTP + "timeout = 10\n",
+        4,
+        "rtp[0].timeout = 10",
+        "is shorter than one cycle is estimated to take (25.0 s for samples = 32, packets = 50,"
+        " concurrency = 3); raise timeout, or lower samples or packets",
+    ),
+    (RTP + "timeout = 60\n", 4, "rtp[0].timeout = 60", "must be less than interval (60 s, the default)"),
+    (RTP + "interval = 30\ntimeout = 30\n", 5, "rtp[0].timeout = 30", "must be less than interval (30 s)"),
+    (
+        RTP + "interval = 20\n",
+        4,
+        "rtp[0].interval = 20",
+        "one cycle is estimated to take 25.0 s (samples = 32, packets = 50, concurrency = 3): too long for"
+        " interval (20 s)",
+    ),
+    (
+        RTP + "samples = 256\n",
+        1,
+        "rtp[0]: one cycle is estimated to take 185.0 s",
+        "too long for interval (60 s, the default)",
+    ),
+    # media host and TLS
+    (RTP + 'media_host = "a b"\n', 4, 'rtp[0].media_host = "a b"', "host name or an IP address"),
+    (RTP + 'tls = "yes"\n', 4, 'rtp[0].tls = "yes"', "must be true or false"),
+    (RTP + 'ca_file = "ca.pem"\n', 4, 'rtp[0].ca_file = "ca.pem"', "only applies with tls = true"),
+    (RTP + "insecure = true\n", 4, "rtp[0].insecure = true", "only applies with tls = true"),
+    (RTP + "tls = false\nserver_name = 'x'\n", 5, 'rtp[0].server_name = "x"', "only applies with tls = true"),
+    (RTP + 'tls = true\nkey_file = "k.pem"\n', 5, 'rtp[0].key_file = "k.pem"', "needs cert_file"),
+    (RTP + "tls = true\ninsecure = 1\n", 5, "rtp[0].insecure = 1", "must be true or false"),
+    # plain-echo and ports
+    (RTP + "ports = [20000]\n", 4, "rtp[0].ports = [20000]", 'only applies to mode = "plain-echo"'),
+    ('[[rtp]]\npeer = "e"\nmode = "plain-echo"\n', 1, "rtp[0]: mode", "needs ports = [...]"),
+    (
+        '[[rtp]]\npeer = "e:7"\nmode = "plain-echo"\nports = [7]\n',
+        2,
+        'rtp[0].peer = "e:7"',
+        "no control port",
+    ),
+    (
+        '[[rtp]]\npeer = "e"\nmode = "plain-echo"\nports = [7]\nsecret_file = "s"\n',
+        5,
+        'rtp[0].secret_file = "s"',
+        'does not apply to mode = "plain-echo" (no control channel, no authentication)',
+    ),
+    (
+        '[[rtp]]\npeer = "e"\nmode = "plain-echo"\nports = [7]\ntls = true\n',
+        5,
+        "rtp[0].tls = true",
+        "does not",
+    ),
+    ('[[rtp]]\npeer = "e"\nmode = "plain-echo"\nports = [7]\nsamples = 2\n', 5, "rtp[0].samples", "does not"),
+    ('[[rtp]]\npeer = "e"\nmode = "plain-echo"\nports = []\n', 4, "rtp[0].ports = []", "non-empty list"),
+    ('[[rtp]]\npeer = "e"\nmode = "plain-echo"\nports = [0]\n', 4, "rtp[0].ports = [0]", "0 is not a port"),
+    ('[[rtp]]\npeer = "e"\nmode = "plain-echo"\nports = [7, 7]\n', 4, "rtp[0].ports", "lists a port twice"),
+    (
+        '[[rtp]]\npeer = "e"\nmode = "plain-echo"\nports = [7, 9]\nrange = "8-100"\n',
+        5,
+        'rtp[0].range = "8-100"',
+        "does not hold the ports 7",
+    ),
+    # labels
+    (RTP + 'labels = { peer = "x" }\n', 4, 'rtp[0].labels.peer = "x"', 'label name "peer" is set by umprobe'),
+    (RTP + 'labels = { block = "x" }\n', 4, 'rtp[0].labels.block = "x"', "is set by umprobe itself"),
+    (RTP + "labels = { site = 1 }\n", 4, "rtp[0].labels.site = 1", "must be a string"),
+    # port_map
+    (
+        '[[targets]]\nhost = "a"\nmodule = "sip_tcp"\nport_map = { 5060 = 6060 }\n',
+        4,
+        "targets[0].port_map = { 5060 = 6060 }",
+        "only applies to a target with a profile",
+    ),
+    (
+        '[[targets]]\nhost = "a"\nprofile = "exchange2016"\nport_map = [5060, 6060]\n',
+        4,
+        "targets[0].port_map = [5060, 6060]",
+        "must be a table",
+    ),
+    (
+        '[[targets]]\nhost = "a"\nprofile = "exchange2016"\nport_map = {}\n',
+        4,
+        "targets[0].port_map = {}",
+        "empty",
+    ),
+    (
+        '[[targets]]\nhost = "a"\nprofile = "exchange2016"\nport_map = { 5064 = 6064 }\n',
+        4,
+        "targets[0].port_map.5064 = 6064",
+        "5064 is not a port of this profile's listeners (5060, 5061, 5062, 5063, 5065, 5066, 5067, 5068)",
+    ),
+    (
+        '[[targets]]\nhost = "a"\nprofile = "exchange2016"\nport_map = { x = 6064 }\n',
+        4,
+        "targets[0].port_map.x = 6064",
+        '"x" is not a port',
+    ),
+    (
+        '[[targets]]\nhost = "a"\nprofile = "exchange2016"\nport_map = { 5062 = 0 }\n',
+        4,
+        "targets[0].port_map.5062 = 0",
+        "a port number from 1 to 65535",
+    ),
+    (
+        '[[targets]]\nhost = "a"\nprofile = "exchange2016"\nport_map = { 5062 = 7000, 5063 = 7000 }\n',
+        4,
+        "targets[0].port_map.5063 = 7000",
+        "port 7000 is also where 5062 is reached",
+    ),
+    (
+        '[[targets]]\nhost = "a"\nprofile = "exchange2016"\ncall_router_tcp_port = 5080\n'
+        "port_map = { 5060 = 6060 }\n",
+        5,
+        "targets[0].port_map.5060 = 6060",
+        "5060 is not a port of this profile's listeners (5061, 5062",
+    ),
+    (
+        '[[targets]]\nhost = "a"\nprofile = "exchange2016"\nport_map = { 5062 = 5060 }\n',
+        2,
+        'targets[0].host = "a"',
+        'probe name "a:5060/tcp" is used twice',
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "subject", "detail"), RTP_ERRORS)
+def test_rtp_and_port_map_errors_name_file_line_key_and_value(
+    text: str, line: int, subject: str, detail: str
+) -> None:
+    exc = error(text)
+    message = str(exc)
+    if line:
+        assert message.startswith(f"probes.toml:{line}: {subject}"), message
+        assert exc.line == line
+    assert detail in message, message
+
+
+def test_rtp_secret_file_is_read_and_checked(tmp_path: Path) -> None:
+    text = RTP.replace("peer.secret", "s/peer.secret")
+    exc = error(text, base_dir=tmp_path, check_files=True)
+    secret = tmp_path / "s" / "peer.secret"
+    assert (
+        str(exc) == f'probes.toml:3: rtp[0].secret_file = "s/peer.secret": secret file {secret}: no such file'
+    )
+    (tmp_path / "s").mkdir()
+    secret.mkdir()
+    assert "cannot read secret file" in str(error(text, base_dir=tmp_path, check_files=True))
+    secret.rmdir()
+    secret.write_text("   \n")
+    assert str(error(text, base_dir=tmp_path, check_files=True)).endswith(f"secret file {secret} is empty")
+    secret.write_text("short\n")
+    assert str(error(text, base_dir=tmp_path, check_files=True)).endswith(
+        f"secret file {secret}: the secret is 5 bytes; at least 16 are needed"
+    )
+    secret.write_text("0123456789abcdef\n")
+    (entry,) = parse(text, base_dir=tmp_path, check_files=True).rtp
+    assert entry.spec.secret == b"0123456789abcdef" and entry.secret_file == str(secret)
+    # without file checks the file is not opened, and the spec holds a placeholder no peer will accept
+    (entry,) = parse(RTP, base_dir=tmp_path / "nowhere", check_files=False).rtp
+    assert entry.spec.secret != b"0123456789abcdef" and len(entry.spec.secret) >= 16
+
+
+def test_rtp_tls_files_are_loaded_like_a_modules(pki: Path) -> None:
+    (pki / "peer.secret").write_text("0123456789abcdef\n")
+    tls = RTP + 'tls = true\nca_file = "ca.crt"\ncert_file = "probe.crt"\nkey_file = "probe.key"\n'
+    (entry,) = parse(tls, base_dir=pki, check_files=True).rtp
+    assert entry.spec.tls == TLSClientConfig(
+        ca_file=str(pki / "ca.crt"), cert_file=str(pki / "probe.crt"), key_file=str(pki / "probe.key")
+    )
+    exc = error(tls.replace('"ca.crt"', '"missing.pem"'), base_dir=pki, check_files=True)
+    assert str(exc).startswith('probes.toml:5: rtp[0].ca_file = "missing.pem": '), str(exc)
+    exc = error(tls.replace('"probe.key"', '"other.key"'), base_dir=pki, check_files=True)
+    assert str(exc).startswith('probes.toml:7: rtp[0].key_file = "other.key": '), str(exc)
+    assert "does not match" in str(exc)
+
+
+def test_shipped_probes_toml_rtp_example_parses_when_uncommented() -> None:
+    lines = SHIPPED.read_text().splitlines()
+    start = lines.index("# [[rtp]]")
+    block: list[str] = []
+    for line in lines[start:]:
+        if line == "#":
+            break
+        block.append(line.removeprefix("# "))
+    config = parse(SHIPPED.read_text() + "\n" + "\n".join(block) + "\n")
+    (entry,) = config.rtp
+    assert (entry.name, entry.spec.rtp_range, entry.cycles_per_sweep) == ("mbx01", (20000, 29999), 79)
+    assert entry.labels == (("role", "mailbox"), ("site", "ams"))
+    assert len(config.probes) == 25

@@ -1,9 +1,9 @@
 """`umprobe run` end to end, and the daemon's logging.
 
 The daemon tests start a real `umprobe run` subprocess (through `umprobe.cli.main`, so exit codes and
-error lines are the real ones) against umprobe's own SIP responder on loopback, scrape /metrics over
-HTTP, and reload with a real SIGHUP. Every wait is bounded, and every process started here is killed by
-its PID in teardown. Only 127.0.0.1 is used.
+error lines are the real ones) against umprobe's own SIP responder (and, for `[[rtp]]`, its echo peer)
+on loopback, scrape /metrics over HTTP, and reload with a real SIGHUP. Every wait is bounded, and every
+process started here is killed by its PID in teardown. Only 127.0.0.1 is used.
 """
 
 from __future__ import annotations
@@ -31,11 +31,13 @@ import trio
 from OpenSSL import SSL
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.test_metrics import promtool_check
 from umprobe.config import load_config
 from umprobe.daemon import Daemon
 from umprobe.devcerts import DevCA
 from umprobe.logs import JsonFormatter, LogfmtFormatter, ProbeStateLog, configure_logging, log_event
 from umprobe.net.tls import TLSClientConfig, make_server_context
+from umprobe.peer.echo_peer import PeerConfig, serve_echo_peer
 from umprobe.peer.sip_responder import serve_sip_responder
 from umprobe.probes.sip_options import TLSContextCache
 from umprobe.scheduler import Scheduler
@@ -67,6 +69,7 @@ class Responders:
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.Event | None = None
+        self._error: BaseException | None = None
 
     def start(self) -> list[int]:
         ready: queue.Queue[list[int] | BaseException] = queue.Queue()
@@ -86,7 +89,8 @@ class Responders:
         def thread_main() -> None:
             try:
                 trio.run(main)
-            except BaseException as exc:  # pragma: no cover - reported to start()
+            except BaseException as exc:  # pragma: no cover - reported to start() or stop()
+                self._error = exc
                 ready.put(exc)
 
         self._thread = threading.Thread(target=thread_main, name="sip-responders", daemon=True)
@@ -100,6 +104,57 @@ class Responders:
     def stop(self) -> None:
         if self._thread is None:
             return
+        if not self._thread.is_alive():
+            raise AssertionError(f"the {self._thread.name} thread ended early: {self._error!r}")
+        if self._token is not None and self._stop is not None:
+            trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+        self._thread.join(timeout=10)
+        assert not self._thread.is_alive()
+
+
+class EchoPeer:
+    """umprobe's echo peer (`serve_echo_peer`, as `umprobe peer` runs it) on 127.0.0.1, in a trio loop on a
+    background thread."""
+
+    def __init__(self, config: PeerConfig) -> None:
+        self.config = config
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.Event | None = None
+        self._error: BaseException | None = None
+
+    def start(self) -> int:
+        """Start it; return its control port."""
+        ready: queue.Queue[int | BaseException] = queue.Queue()
+
+        async def main() -> None:
+            self._token = trio.lowlevel.current_trio_token()
+            self._stop = trio.Event()
+            async with trio.open_nursery() as nursery:
+                running = await nursery.start(partial(serve_echo_peer, self.config))
+                ready.put(running.control[0][1])
+                await self._stop.wait()
+                nursery.cancel_scope.cancel()
+
+        def thread_main() -> None:
+            try:
+                trio.run(main)
+            except BaseException as exc:  # pragma: no cover - reported to start() or stop()
+                self._error = exc
+                ready.put(exc)
+
+        self._thread = threading.Thread(target=thread_main, name="echo-peer", daemon=True)
+        self._thread.start()
+        got = ready.get(timeout=10)
+        if isinstance(got, BaseException):
+            raise got
+        return got
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        if not self._thread.is_alive():
+            raise AssertionError(f"the {self._thread.name} thread ended early: {self._error!r}")
         if self._token is not None and self._stop is not None:
             trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
         self._thread.join(timeout=10)
@@ -396,6 +451,99 @@ def test_reload_reads_replaced_certificate_files(
         assert umprobe.by_probe("umprobe_probe_success") == {probe: 0}
     finally:
         peers.stop()
+
+
+RTP_RANGE = (21000, 21255)  # 128 even ports: 64 blocks of two, 8 cycles of 16 ports
+
+
+def test_rtp_target_is_swept_and_exported(
+    tmp_path: Path, start_umprobe: Callable[..., UmprobeProcess]
+) -> None:
+    """An [[rtp]] entry against a real echo peer on loopback: the RTP families on /metrics, the status page,
+    then a rotated secret (SIGHUP) the peer does not share: control_auth_failed, the blocks kept."""
+    secret = tmp_path / "peer.secret"
+    secret.write_text("the peer and the prober share this one\n")
+    secret.chmod(0o600)
+    peer = EchoPeer(
+        PeerConfig(
+            secret=secret.read_bytes().strip(),
+            listen_host="127.0.0.1",
+            media_host="127.0.0.1",
+            rtp_range=RTP_RANGE,
+            rate_per_source=2000.0,
+            rate_global=4000.0,
+        )
+    )
+    port = peer.start()
+    try:
+        lo, hi = RTP_RANGE
+        config = write_config(
+            tmp_path / "probes.toml",
+            [],
+            extra=(
+                f'[[rtp]]\npeer = "127.0.0.1:{port}"\nname = "lab-peer"\nsecret_file = "peer.secret"\n'
+                f'range = "{lo}-{hi}"\nsamples = 16\npackets = 3\nconcurrency = 8\ninterval = 6\n'
+                'labels = { site = "lab" }\n'
+            ),
+        )
+        umprobe = start_umprobe("-c", str(config), "--listen", "127.0.0.1:0", "--log-format", "json")
+        umprobe.wait_running()
+        running = umprobe.wait_for_record(lambda r: r.get("msg") == "umprobe running")
+        assert (running["probes"], running["rtp_peers"]) == (0, 1)
+
+        def rtp(name: str) -> dict[tuple[tuple[str, str], ...], float]:
+            return umprobe.metrics().get(name, {})
+
+        peer_labels = (("peer", "lab-peer"), ("site", "lab"))
+        umprobe.wait_until(
+            "the first RTP run", lambda: rtp("umprobe_rtp_probe_success") == {peer_labels: 1.0}
+        )
+        status, page = umprobe.get("/metrics")
+        assert status == 200
+        promtool_check(page.encode())
+        metrics = umprobe.metrics()
+        ratios = metrics["umprobe_rtp_block_reachable_ratio"]
+        assert len(ratios) == 16, "one cycle: 16 ports, each in a block of its own"
+        assert set(ratios.values()) == {1.0}
+        assert {dict(k)["peer"] for k in ratios} == {"lab-peer"}
+        blocks = {dict(k)["block"] for k in ratios}
+        assert blocks == {
+            dict(k)["block"] for k in metrics["umprobe_rtp_block_last_sampled_timestamp_seconds"]
+        }
+        probed = {dict(k)["result"]: v for k, v in metrics["umprobe_rtp_ports_probed_total"].items()}
+        assert probed["reachable"] >= 16 and probed["unreachable"] == 0
+        assert set(metrics["umprobe_rtp_failures_total"].values()) == {0.0}
+        assert len(metrics["umprobe_rtp_failures_total"]) == 7
+        loss = {dict(k)["direction"]: v for k, v in metrics["umprobe_rtp_loss_ratio"].items()}
+        assert loss == {"forward": 0.0, "return": 0.0}
+        assert metrics["umprobe_rtp_rtt_seconds_count"][peer_labels] >= 16 * 3
+        assert 0 < metrics["umprobe_rtp_sweep_progress_ratio"][peer_labels] <= 1
+        for name, series in metrics.items():
+            if name.startswith("umprobe_rtp_"):
+                for labels in series:
+                    assert "port" not in dict(labels), name
+        first = umprobe.wait_for_record(lambda r: r.get("msg") == "rtp peer first result")
+        assert (first["peer"], first["state"], first["reason"]) == ("lab-peer", "up", "ok")
+        status, html = umprobe.get("/")
+        assert status == 200 and "<h3>lab-peer</h3>" in html and f"range {lo}-{hi}" in html
+        assert "the peer and the prober" not in html
+
+        # A new secret on the prober's side only: the peer refuses it; what was found stays.
+        secret.write_text("a secret the peer has never heard of\n")
+        os.kill(umprobe.proc.pid, signal.SIGHUP)
+        reloaded = umprobe.wait_for_record(lambda r: r.get("msg") == "config reloaded")
+        assert (reloaded["changed"], reloaded["rtp_peers"]) == (1, 1)
+        refused = tuple(sorted((*peer_labels, ("reason", "control_auth_failed"))))
+        umprobe.wait_until(
+            "the refused run",
+            lambda: rtp("umprobe_rtp_failures_total").get(refused) == 1.0,
+        )
+        assert rtp("umprobe_rtp_probe_success") == {peer_labels: 0.0}
+        assert len(rtp("umprobe_rtp_block_reachable_ratio")) >= 16
+        changed = umprobe.wait_for_record(lambda r: r.get("msg") == "rtp peer state changed")
+        assert (changed["state"], changed["reason"]) == ("down", "control_auth_failed")
+    finally:
+        peer.stop()
 
 
 def test_sigint_stops_cleanly_and_text_logs_are_logfmt(

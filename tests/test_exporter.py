@@ -16,7 +16,18 @@ import pytest
 import trio
 
 import umprobe.exporter as exporter
-from tests.test_metrics import TCP, TLS, parse_page, probe_config, promtool_check, result, tls_info
+from tests.test_metrics import (
+    TCP,
+    TLS,
+    parse_page,
+    probe_config,
+    promtool_check,
+    result,
+    rtp_config,
+    rtp_result,
+    tls_info,
+)
+from umprobe.commands.rtp_cmd import render_map
 from umprobe.config import Config, ConfigError, ExporterConfig, ModuleConfig, ProbeConfig
 from umprobe.errors import UserError
 from umprobe.exporter import (
@@ -31,6 +42,7 @@ from umprobe.net.errors import TLSConfigError
 from umprobe.net.tls import TLSClientConfig
 from umprobe.peer.sip_responder import serve_sip_responder
 from umprobe.probes.result import Phase, ProbeResult, Reason, TranscriptEntry
+from umprobe.probes.rtp_result import RtpReason
 from umprobe.sip import DEFAULT_ACCEPT
 from umprobe.store import ResultStore
 
@@ -392,6 +404,41 @@ async def test_status_page_escapes_everything() -> None:
             ):
                 assert escaped in page, escaped
             assert "/etc/umprobe/probes.toml" in page
+
+
+async def test_status_page_has_a_section_per_rtp_peer() -> None:
+    with trio.fail_after(CAP):
+        peer = rtp_config(name="mbx01 <b>", labels=())
+        waiting = rtp_config(name="mbx02", host="mbx02.contoso.local")
+        store = ResultStore()
+        store.set_rtp([peer, waiting])
+        store.record_rtp(peer, rtp_result(peer.spec, cycle=0))
+        store.record_rtp(peer, rtp_result(peer.spec, cycle=1, reason=RtpReason.CONTROL_AUTH_FAILED))
+        # cycle 2 samples the same 32 blocks as cycle 0 (the other 32 are cycle 1's and 3's)
+        second = rtp_result(peer.spec, cycle=2, silent=frozenset(peer.spec.ports_for_cycle(2)[:1]))
+        store.record_rtp(peer, second)
+        async with running(store=store) as h:
+            reply = await http(h.port, "GET", "/")
+            assert reply.status == 200
+            page = reply.text
+    assert "<h2>RTP peers</h2>" in page
+    assert "<b>" not in page and "mbx01 &lt;b&gt;" in page
+    assert "echo peer mbx01.contoso.local:7900 (TCP control, secret /etc/umprobe/peer.secret)" in page
+    assert "range 20000-20511; full sweep 8 runs of 60 s = 8 min" in page
+    assert "2 of 8" in page  # the last run's cycle
+    assert "forward 0.00%, return 20.00%" in page
+    assert "2.00 ms / 4.00 ms" in page and "0.30 ms / 0.40 ms" in page  # RTT p50 / max, jitter fwd / ret
+    # the last run's map, and every block as last sampled: a silent block "x", the unsampled half "."
+    for line in render_map(second.blocks):
+        assert line in page, line
+    known = render_map(store.rtp_known_blocks(peer.id))
+    for line in known:
+        assert line in page, line
+    symbols = "".join(line.split()[-1] for line in known)
+    assert (symbols.count("x"), symbols.count("#"), symbols.count(".")) == (1, 31, 32)
+    assert "last failure: control_auth_failed" in page and "failed: control_auth_failed" in page
+    assert "<h3>mbx02</h3>" in page and "not run yet" in page
+    assert "ssss" not in page  # the secret never
 
 
 # -- /probe ----------------------------------------------------------------------------------------------

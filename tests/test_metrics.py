@@ -1,8 +1,9 @@
 """The result store and the metrics collector: families, label sets, buckets, counters from zero, reloads,
 the /probe page, docs/metrics.md held to what is emitted, and `promtool check metrics` on real output.
 
-The helpers at the top (`probe_config`, `result`, `cert`, `parse_page`, `promtool_check`) are shared with
-tests/test_exporter.py.
+The helpers at the top (`probe_config`, `result`, `cert`, `parse_page`, `promtool_check`, and for RTP
+peers `rtp_config` and `rtp_result`) are shared with tests/test_exporter.py, test_scheduler.py and
+test_demo.py.
 """
 
 from __future__ import annotations
@@ -21,20 +22,26 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
-from umprobe.config import ProbeConfig
+from umprobe.config import ProbeConfig, RtpProbeConfig
 from umprobe.metrics import (
     BASE_LABELS,
     UmprobeCollector,
     build_info_labels,
     listener_labels,
+    peer_labels,
     probe_page,
     render_metrics,
 )
 from umprobe.net.tls import CertInfo, TLSClientConfig, TLSInfo
 from umprobe.probes.result import Phase, ProbeResult, Reason, Timings, TranscriptEntry
+from umprobe.probes.rtp import RtpProbeSpec
+from umprobe.probes.rtp_result import PortResult, RtpReason, RtpResult, aggregate
 from umprobe.probes.sip_options import SipProbeSpec
 from umprobe.store import (
     ADDRESS_FAILURE_REASONS,
+    RTP_FAILURE_REASONS,
+    RTP_PORT_RESULTS,
+    RTP_RTT_BUCKETS,
     SCHEDULER_LAG_BUCKETS,
     SIP_RESPONSE_BUCKETS,
     STALE_RUNS,
@@ -148,6 +155,99 @@ def result(
     return ProbeResult(**fields)
 
 
+def rtp_config(
+    *,
+    name: str = "mbx01",
+    host: str = "mbx01.contoso.local",
+    port: int = 7900,
+    rtp_range: tuple[int, int] = (20000, 20511),
+    samples: int = 32,
+    labels: tuple[tuple[str, str], ...] = (("site", "ams"),),
+    interval: float = 60.0,
+    timeout: float = 30.0,
+    plain_ports: tuple[int, ...] = (),
+) -> RtpProbeConfig:
+    """An [[rtp]] entry. 20000-20511: 256 even ports in 64 blocks of four, 8 cycles of 32 ports a sweep."""
+    if plain_ports:
+        span = (min(plain_ports), max(plain_ports))
+        spec = RtpProbeSpec(host=host, mode="plain-echo", ports=plain_ports, rtp_range=span, rtcp=False)
+    else:
+        spec = RtpProbeSpec(host=host, port=port, secret=b"s" * 16, rtp_range=rtp_range, samples=samples)
+    return RtpProbeConfig(
+        id=f"rtp|{host}|{spec.port}|{spec.mode}|{name}",
+        name=name,
+        target=host,
+        spec=spec,
+        interval=interval,
+        timeout=timeout,
+        labels=labels,
+        secret_file=None if plain_ports else "/etc/umprobe/peer.secret",
+    )
+
+
+def rtp_result(
+    spec: RtpProbeSpec,
+    *,
+    cycle: int = 0,
+    reason: RtpReason = RtpReason.OK,
+    silent: frozenset[int] = frozenset(),
+    in_use: frozenset[int] = frozenset(),
+    started_at: datetime = NOW,
+) -> RtpResult:
+    """A run of `cycle`: every port answers 5 of 5 packets (the peer saw 5, sent 5, one echo lost on the way
+    back, so loss return 20 %), except the `silent` ports (nothing back) and the `in_use` ones; a failed
+    run (`reason`) measured nothing."""
+    ports: list[PortResult] = []
+    for p in spec.ports_for_cycle(cycle) if reason is RtpReason.OK else ():
+        if p in in_use:
+            ports.append(PortResult(port=p, state="in_use"))
+        elif p in silent:
+            ports.append(
+                PortResult(port=p, state="unreachable", sent=5, peer_rx=0, peer_tx=0, loss_roundtrip=1.0)
+            )
+        else:
+            authenticated = spec.mode == "peer"
+            ports.append(
+                PortResult(
+                    port=p,
+                    state="reachable",
+                    sent=5,
+                    received=4,
+                    peer_rx=5 if authenticated else None,
+                    peer_tx=5 if authenticated else None,
+                    loss_forward=0.0 if authenticated else None,
+                    loss_return=0.2 if authenticated else None,
+                    loss_roundtrip=0.2,
+                    rtt_p50=0.002,
+                    rtt_max=0.004,
+                    jitter_forward=0.0003 if authenticated else None,
+                    jitter_return=0.0004 if authenticated else None,
+                    rtt_samples=(0.0004, 0.002, 0.002, 0.004),
+                )
+            )
+    port_results, blocks, totals, samples = aggregate(ports, spec.blocks())
+    return RtpResult(
+        target=spec.host,
+        control_port=spec.port if spec.mode == "peer" else None,
+        address="192.0.2.50",
+        media_address="192.0.2.50",
+        mode=spec.mode,
+        authenticated=spec.mode == "peer",
+        reason=reason,
+        detail="fine" if reason is RtpReason.OK else f"failed: {reason.value}",
+        range_lo=spec.rtp_range[0],
+        range_hi=spec.rtp_range[1],
+        cycles=(cycle % spec.cycles_per_sweep(),),
+        cycles_per_sweep=spec.cycles_per_sweep(),
+        ports=port_results,
+        blocks=blocks,
+        totals=totals,
+        rtt_samples=samples,
+        started_at=started_at,
+        duration=0.8,
+    )
+
+
 @dataclass(frozen=True)
 class Page:
     """A parsed exposition: TYPE per family, and every sample as (name, labels, value)."""
@@ -221,12 +321,25 @@ def expected_listener_labels(probe: ProbeConfig, address: str, vantage: str | No
     return set(BASE_LABELS) | {k for k, _ in probe.labels} | ({"vantage"} if vantage else set())
 
 
+def expected_peer_labels(entry: RtpProbeConfig, vantage: str | None = None) -> set[str]:
+    return {"peer"} | {k for k, _ in entry.labels} | ({"vantage"} if vantage else set())
+
+
+def rtp_store(entry: RtpProbeConfig, *runs: RtpResult) -> ResultStore:
+    store = ResultStore(clock=lambda: NOW.timestamp() + 1)
+    store.set_rtp([entry])
+    for run in runs:
+        store.record_rtp(entry, run)
+    return store
+
+
 # -- the three canonical results -------------------------------------------------------------------------
 
 TCP = probe_config(
     host="192.0.2.10", port=5060, transport="tcp", listener="call_router", module="tcp", labels=()
 )
 TLS = probe_config()
+RTP = rtp_config(labels=(("role", "mailbox"), ("site", "ams")))
 
 
 def test_ok_tcp_result() -> None:
@@ -636,6 +749,8 @@ def documented(section: str) -> dict[str, tuple[str, set[str]]]:
                 labels |= {"LISTENER"}
             elif token == "probe labels":
                 labels |= {"PROBE"}
+            elif token == "peer labels":
+                labels |= {"PEER"}
             elif token:
                 labels.add(token.strip("`"))
         out[name] = (typ, labels)
@@ -643,11 +758,13 @@ def documented(section: str) -> dict[str, tuple[str, set[str]]]:
 
 
 def expand(labels: set[str], probe: ProbeConfig, vantage: str | None) -> set[str]:
-    out = set(labels) - {"LISTENER", "PROBE"}
+    out = set(labels) - {"LISTENER", "PROBE", "PEER"}
     if "LISTENER" in labels:
         out |= expected_listener_labels(probe, "x", vantage)
     if "PROBE" in labels:
         out |= expected_listener_labels(probe, "x", vantage) - {"address"}
+    if "PEER" in labels:
+        out |= expected_peer_labels(RTP, vantage)
     return out
 
 
@@ -669,6 +786,8 @@ def everything_store(probe: ProbeConfig) -> ResultStore:
     )
     store.observe_lag(0.01)
     store.set_reload(success=True, at=1_800_000_000.0)
+    store.set_rtp([RTP])
+    store.record_rtp(RTP, rtp_result(RTP.spec, cycle=0, silent=frozenset(RTP.spec.ports_for_cycle(0)[:1])))
     return store
 
 
@@ -725,3 +844,181 @@ def test_promtool_catches_problems() -> None:
         timeout=30,
     )
     assert done.returncode != 0
+
+
+# -- RTP peers -------------------------------------------------------------------------------------------
+
+
+def test_rtp_families_from_a_fabricated_result() -> None:
+    ports = RTP.spec.ports_for_cycle(0)
+    silent = frozenset(ports[:2])
+    store = rtp_store(RTP, rtp_result(RTP.spec, cycle=0, silent=silent, in_use=frozenset(ports[2:3])))
+    page, raw = collect(store)
+    peer = {"peer": "mbx01"}
+    assert page.value("umprobe_rtp_probe_success", **peer) == 1
+    assert page.value("umprobe_rtp_loss_ratio", direction="forward", **peer) == 0.0
+    assert page.value("umprobe_rtp_loss_ratio", direction="return", **peer) == pytest.approx(0.2)
+    assert page.value("umprobe_rtp_jitter_seconds", direction="forward", **peer) == 0.0003
+    assert page.value("umprobe_rtp_jitter_seconds", direction="return", **peer) == 0.0004
+    assert page.value("umprobe_rtp_sweep_progress_ratio", **peer) == 1 / 8
+    assert page.value("umprobe_rtp_last_run_timestamp_seconds", **peer) == NOW.timestamp()
+    assert page.value("umprobe_rtp_runs_total", **peer) == 1
+    failures = {lab["reason"]: v for lab, v in page.get("umprobe_rtp_failures_total", **peer)}
+    assert failures == dict.fromkeys((r.value for r in RTP_FAILURE_REASONS), 0.0)
+    assert "ok" not in failures
+    probed = {lab["result"]: v for lab, v in page.get("umprobe_rtp_ports_probed_total", **peer)}
+    assert probed == {"reachable": 29, "unreachable": 2, "in_use": 1, "refused": 0, "not_measured": 0}
+    assert set(probed) == set(RTP_PORT_RESULTS)
+    # RTT: every echo of every reachable port, in the RTT buckets
+    assert page.value("umprobe_rtp_rtt_seconds_count", **peer) == 29 * 4
+    assert page.value("umprobe_rtp_rtt_seconds_bucket", le="0.0005", **peer) == 29
+    les = [lab["le"] for lab, _ in page.get("umprobe_rtp_rtt_seconds_bucket", **peer)]
+    assert les == [*(repr(float(b)) for b in RTP_RTT_BUCKETS), "+Inf"]
+    # Blocks: cycle 0 samples 32 of the 64 blocks, one port each; the silent ports' blocks are at 0, the
+    # in-use port's block was not measured (never counted against it), the others are at 1.
+    ratios = {lab["block"]: v for lab, v in page.get("umprobe_rtp_block_reachable_ratio", **peer)}
+    stamps = {lab["block"]: v for lab, v in page.get("umprobe_rtp_block_last_sampled_timestamp_seconds")}
+    assert len(ratios) == 31 and set(stamps) == set(ratios)
+    assert set(stamps.values()) == {NOW.timestamp()}
+    blocks = {b.label: b for b in rtp_result(RTP.spec, cycle=0).blocks}
+    silent_blocks = {label for label, b in blocks.items() if any(b.lo <= p <= b.hi for p in silent)}
+    assert {label for label, v in ratios.items() if v == 0} == silent_blocks
+    assert all(v == 1 for label, v in ratios.items() if label not in silent_blocks)
+    # Never a port as a label: no `port` label, and no label value is a sampled port
+    rtp_samples = [(n, lab) for n, lab, _ in page.samples if n.startswith("umprobe_rtp_")]
+    assert rtp_samples
+    port_texts = {str(p) for p in ports}
+    for name, labels in rtp_samples:
+        assert "port" not in labels, name
+        assert not port_texts & set(labels.values()), (name, labels)
+        if "block" in labels:
+            assert re.fullmatch(r"\d+-\d+", labels["block"]), labels
+    promtool_check(raw)
+
+
+def test_rtp_label_sets_with_vantage_and_extra_labels() -> None:
+    page, raw = collect(rtp_store(RTP, rtp_result(RTP.spec)), vantage="dc1")
+    base = expected_peer_labels(RTP, "dc1")
+    extra = {
+        "umprobe_rtp_block_reachable_ratio": {"block"},
+        "umprobe_rtp_block_last_sampled_timestamp_seconds": {"block"},
+        "umprobe_rtp_loss_ratio": {"direction"},
+        "umprobe_rtp_jitter_seconds": {"direction"},
+        "umprobe_rtp_failures_total": {"reason"},
+        "umprobe_rtp_ports_probed_total": {"result"},
+    }
+    seen: set[str] = set()
+    for name, labels, _ in page.samples:
+        family = page.family_of(name)
+        if not family.startswith("umprobe_rtp_"):
+            continue
+        seen.add(family)
+        wanted = base | extra.get(family, set()) | ({"le"} if name.endswith("_bucket") else set())
+        assert set(labels) == wanted, (name, labels)
+        assert labels["peer"] == "mbx01" and labels["vantage"] == "dc1" and labels["role"] == "mailbox"
+    assert len(seen) == 11
+    sample = page.get("umprobe_rtp_probe_success")[0][0]
+    assert (
+        sample
+        == peer_labels(RTP, vantage="dc1")
+        == {
+            "peer": "mbx01",
+            "vantage": "dc1",
+            "role": "mailbox",
+            "site": "ams",
+        }
+    )
+    promtool_check(raw)
+
+
+def test_rtp_blocks_are_kept_across_cycles_with_their_time() -> None:
+    later = NOW + timedelta(minutes=1)
+    first = rtp_result(RTP.spec, cycle=0)
+    second = rtp_result(RTP.spec, cycle=1, silent=frozenset(RTP.spec.ports_for_cycle(1)), started_at=later)
+    store = rtp_store(RTP, first)
+    page, _ = collect(store)
+    assert len(page.get("umprobe_rtp_block_reachable_ratio")) == 32
+    store.record_rtp(RTP, second)
+    page, _ = collect(store)
+    ratios = {lab["block"]: v for lab, v in page.get("umprobe_rtp_block_reachable_ratio")}
+    stamps = {lab["block"]: v for lab, v in page.get("umprobe_rtp_block_last_sampled_timestamp_seconds")}
+    assert len(ratios) == 64, "cycle 1 samples the other 32 blocks; cycle 0's stay"
+    first_blocks = {b.label for b in first.blocks if b.sampled}
+    for label, value in ratios.items():
+        if label in first_blocks:
+            assert (value, stamps[label]) == (1.0, NOW.timestamp())
+        else:
+            assert (value, stamps[label]) == (0.0, later.timestamp())
+    assert page.value("umprobe_rtp_sweep_progress_ratio") == 2 / 8
+    assert page.value("umprobe_rtp_ports_probed_total", result="unreachable") == 32
+    # the status page's map of every block as last sampled: cycle 0's blocks "#", cycle 1's "x"
+    known = store.rtp_known_blocks(RTP.id)
+    assert len(known) == 64 and all(b.sampled for b in known)
+    assert {b.symbol for b in known if b.label in first_blocks} == {"#"}
+    assert {b.symbol for b in known if b.label not in first_blocks} == {"x"}
+
+
+def test_a_failed_rtp_run_counts_its_reason_and_keeps_the_blocks() -> None:
+    store = rtp_store(RTP, rtp_result(RTP.spec, cycle=0))
+    store.record_rtp(RTP, rtp_result(RTP.spec, cycle=1, reason=RtpReason.CONTROL_AUTH_FAILED))
+    page, raw = collect(store)
+    assert page.value("umprobe_rtp_probe_success") == 0
+    assert page.value("umprobe_rtp_failures_total", reason="control_auth_failed") == 1
+    assert sum(v for _, v in page.get("umprobe_rtp_failures_total")) == 1
+    assert page.value("umprobe_rtp_runs_total") == 2
+    assert page.get("umprobe_rtp_loss_ratio") == [] and page.get("umprobe_rtp_jitter_seconds") == []
+    assert len(page.get("umprobe_rtp_block_reachable_ratio")) == 32, "what cycle 0 found still stands"
+    failed = store.rtp_last_failure(RTP.id)
+    assert failed is not None and failed.reason is RtpReason.CONTROL_AUTH_FAILED
+    promtool_check(raw)
+
+
+def test_rtp_counters_exist_before_the_first_run() -> None:
+    page, raw = collect(rtp_store(RTP))
+    assert page.get("umprobe_rtp_probe_success") == []
+    assert page.value("umprobe_rtp_runs_total") == 0
+    assert len(page.get("umprobe_rtp_failures_total")) == len(RTP_FAILURE_REASONS)
+    assert len(page.get("umprobe_rtp_ports_probed_total")) == len(RTP_PORT_RESULTS)
+    assert page.value("umprobe_rtp_rtt_seconds_count") == 0
+    assert page.get("umprobe_rtp_block_reachable_ratio") == []
+    promtool_check(raw)
+
+
+def test_plain_echo_has_no_directional_loss() -> None:
+    entry = rtp_config(name="echo01", host="echo01.contoso.local", plain_ports=(40000, 40002), labels=())
+    page, raw = collect(rtp_store(entry, rtp_result(entry.spec)))
+    assert page.value("umprobe_rtp_probe_success", peer="echo01") == 1
+    assert page.get("umprobe_rtp_loss_ratio") == [] and page.get("umprobe_rtp_jitter_seconds") == []
+    assert page.value("umprobe_rtp_ports_probed_total", result="reachable") == 2
+    assert page.value("umprobe_rtp_sweep_progress_ratio") == 1
+    assert {lab["block"] for lab, _ in page.get("umprobe_rtp_block_reachable_ratio")} == {
+        "40000-40001",
+        "40002-40002",
+    }
+    promtool_check(raw)
+
+
+def test_set_rtp_keeps_unchanged_drops_removed_and_blocks_of_another_range() -> None:
+    other = rtp_config(name="mbx02", host="mbx02.contoso.local")
+    store = ResultStore()
+    store.set_rtp([RTP, other])
+    store.record_rtp(RTP, rtp_result(RTP.spec, cycle=0))
+    store.record_rtp(other, rtp_result(other.spec, cycle=0))
+    # a reload: mbx02 removed, mbx01 keeps its id with a wider range (blocks change, counters stay)
+    wider = replace(RTP, spec=replace(RTP.spec, rtp_range=(20000, 21023)))
+    store.set_rtp([wider])
+    page, _ = collect(store)
+    assert page.get("umprobe_rtp_runs_total", peer="mbx02") == []
+    assert page.value("umprobe_rtp_runs_total", peer="mbx01") == 1
+    new_labels = {f"{lo}-{hi}" for lo, hi in wider.spec.blocks()}
+    kept = {lab["block"] for lab, _ in page.get("umprobe_rtp_block_reachable_ratio")}
+    assert kept <= new_labels
+    # a run of the removed peer that was in flight is ignored
+    store.record_rtp(other, rtp_result(other.spec, cycle=1))
+    assert store.rtp_latest(other.id) is None and store.rtp_stats(other.id) is None
+    # an unchanged range keeps every block
+    store.set_rtp([wider, other])
+    store.record_rtp(wider, rtp_result(wider.spec, cycle=0))
+    before = len(collect(store)[0].get("umprobe_rtp_block_reachable_ratio", peer="mbx01"))
+    store.set_rtp([replace(wider, interval=120.0)])
+    assert len(collect(store)[0].get("umprobe_rtp_block_reachable_ratio", peer="mbx01")) == before

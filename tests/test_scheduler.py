@@ -3,11 +3,13 @@
 Every test runs with `autojump_clock` (`MockClock(autojump_threshold=0)`): time jumps to the next timer as
 soon as every task is blocked, so an hour of schedule takes milliseconds and every time is exact. Probes
 are fakes that sleep and return results; the store is a fake that records what it is told (and one test
-uses the real `ResultStore`).
+uses the real `ResultStore`). RTP jobs (`[[rtp]]`) run through a fake `probe_rtp` that records the cycle
+it was asked for.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections import Counter
@@ -18,9 +20,12 @@ import pytest
 import trio
 import trio.testing
 
-from umprobe.config import ProbeConfig
+from tests.test_metrics import rtp_config, rtp_result
+from umprobe.config import ProbeConfig, RtpProbeConfig
 from umprobe.net.errors import TLSConfigError
 from umprobe.probes.result import Phase, ProbeResult, Reason, Timings
+from umprobe.probes.rtp import RtpProbeSpec
+from umprobe.probes.rtp_result import RtpReason, RtpResult
 from umprobe.probes.sip_options import SipProbeSpec, TLSContextCache
 from umprobe.scheduler import OVERRUN_GRACE, Scheduler, phase_fraction
 from umprobe.store import ResultStore
@@ -114,8 +119,46 @@ class FakeProbe:
 
 
 @dataclass
+class RtpCall:
+    host: str
+    cycle: int
+    start: float
+    deadline: float
+    contexts: TLSContextCache | None
+
+
+@dataclass
+class FakeRtp:
+    """A fake `probe_rtp`: records the cycle it was asked for, sleeps `duration`, returns a fabricated run."""
+
+    duration: float = 0.5
+    reason: Callable[[int], RtpReason] = lambda _n: RtpReason.OK
+    honour_deadline: bool = True
+    calls: list[RtpCall] = field(default_factory=list)
+    called: trio.Event = field(default_factory=trio.Event)
+    active: int = 0
+    max_active: int = 0
+
+    async def __call__(
+        self, spec: RtpProbeSpec, *, deadline: float, cycle: int, contexts: TLSContextCache | None = None
+    ) -> RtpResult:
+        n = len(self.calls)
+        self.calls.append(RtpCall(spec.host, cycle, trio.current_time(), deadline, contexts))
+        self.called.set()
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            with trio.move_on_at(deadline if self.honour_deadline else math.inf):
+                await trio.sleep(self.duration)
+        finally:
+            self.active -= 1
+        return rtp_result(spec, cycle=cycle, reason=self.reason(n))
+
+
+@dataclass
 class FakeStore:
     records: list[tuple[ProbeConfig, tuple[ProbeResult, ...]]] = field(default_factory=list)
+    rtp_records: list[tuple[RtpProbeConfig, RtpResult]] = field(default_factory=list)
     lags: list[float] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -123,6 +166,9 @@ class FakeStore:
 
     def record(self, probe: ProbeConfig, results: Sequence[ProbeResult]) -> None:
         self.records.append((probe, tuple(results)))
+
+    def record_rtp(self, probe: RtpProbeConfig, result: RtpResult) -> None:
+        self.rtp_records.append((probe, result))
 
     def observe_lag(self, seconds: float) -> None:
         self.lags.append(seconds)
@@ -596,3 +642,147 @@ async def test_with_the_real_result_store(autojump_clock: trio.testing.MockClock
         (result,) = store.latest(probe.id)
         assert result.success and result.target == probe.id
     assert store.scheduler_lag().count == len(fake.calls) == 6
+
+
+# -- RTP jobs ----------------------------------------------------------------------------------------------
+
+
+def wall_from(start: float) -> Callable[[], float]:
+    """A wall clock that reads `start` now and runs with trio's (virtual) clock."""
+    t0 = trio.current_time()
+    return lambda: start + (trio.current_time() - t0)
+
+
+async def test_rtp_jobs_are_scheduled_like_probes_and_walk_the_sweep(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    rtp = rtp_config(interval=10.0, timeout=8.0)  # 8 cycles per sweep
+    assert rtp.cycles_per_sweep == 8
+    sip = make_probe("sip", interval=10.0)
+    fake, sip_fake, store, contexts = FakeRtp(), FakeProbe(), FakeStore(), TLSContextCache()
+    wall_start = 1_800_000_003.0
+    sched = Scheduler(
+        store,
+        max_concurrency=4,
+        probe_fn=sip_fake,
+        rtp_fn=fake,
+        contexts=contexts,
+        wall_clock=wall_from(wall_start),
+    )
+    t0 = trio.current_time()
+    sched.update([sip, rtp])
+    await run_for(sched, 200.0)
+    assert len(fake.calls) == len(sip_fake.calls) == 20
+    fraction = phase_fraction(rtp.id)
+    first = math.floor(wall_start / 10.0 - fraction) + 1  # the first slot after start, on the wall grid
+    for n, call in enumerate(fake.calls):
+        wall = wall_start + (call.start - t0)
+        assert wall == pytest.approx((first + n + fraction) * 10.0), "the hash-spread grid, as for SIP"
+        assert call.cycle == (first + n) % 8 == math.floor(wall / 10.0) % 8
+        assert call.deadline == pytest.approx(call.start + 8.0)
+        assert call.contexts is contexts and call.host == "mbx01.contoso.local"
+    cycles = [c.cycle for c in fake.calls]
+    assert all((b - a) % 8 == 1 for a, b in itertools.pairwise(cycles)), "consecutive cycles"
+    assert sorted(set(cycles)) == list(range(8)), "20 runs cover the whole sweep"
+    recorded = [r.cycle for _, r in store.rtp_records]
+    assert len(recorded) >= 19 and recorded == cycles[: len(recorded)]  # the last run may be in flight
+    assert all(p is rtp for p, _ in store.rtp_records)
+    assert set(store.recorded_ids()) == {"sip"}
+
+
+async def test_a_restart_continues_the_sweep(autojump_clock: trio.testing.MockClock) -> None:
+    rtp = rtp_config(interval=60.0, timeout=30.0)
+    seen: list[list[int]] = []
+    for wall_start in (1_800_000_000.0, 1_800_000_000.0 + 3 * 60.0):  # stopped, started 3 minutes later
+        fake = FakeRtp()
+        sched = Scheduler(FakeStore(), max_concurrency=1, rtp_fn=fake, wall_clock=wall_from(wall_start))
+        sched.update([rtp])
+        await run_for(sched, 3 * 60.0)
+        seen.append([c.cycle for c in fake.calls])
+    assert len(seen[0]) == len(seen[1]) == 3
+    assert seen[1][0] == (seen[0][-1] + 1) % 8, "the second daemon picks up where the first stopped"
+
+
+async def test_an_rtp_job_never_overlaps_itself_and_a_skipped_slot_skips_its_cycle(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # timeout 9.5 s + the 1 s overrun grace > the 10 s interval: a run that ignores its deadline still
+    # holds the next slot, which is skipped, and so is that slot's cycle (left for the next sweep)
+    rtp = rtp_config(interval=10.0, timeout=9.5)
+    fake = FakeRtp(duration=25.0, honour_deadline=False)
+    store = FakeStore()
+    sched = Scheduler(store, max_concurrency=4, rtp_fn=fake, wall_clock=wall_zero)
+    sched.update([rtp])
+    await run_for(sched, 100.0)
+    assert fake.max_active == 1
+    assert len(fake.calls) == 5 and store.skipped == 5
+    for a, b in itertools.pairwise(fake.calls):
+        assert b.start - a.start == pytest.approx(20.0)
+        assert (b.cycle - a.cycle) % 8 == 2
+    assert store.rtp_records == [], "every run overran its deadline and was cancelled"
+
+
+async def test_rtp_results_reach_the_real_store_and_reloads_drop_in_flight_runs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    rtp = rtp_config(interval=10.0, timeout=8.0)
+    store = ResultStore()
+    store.set_rtp([rtp])
+    fake = FakeRtp(duration=2.0)
+    sched = Scheduler(store, max_concurrency=2, rtp_fn=fake, wall_clock=wall_zero)
+    sched.update([rtp])
+    await run_for(sched, 30.0)
+    latest = store.rtp_latest(rtp.id)
+    assert latest is not None and latest.success and latest.cycle == fake.calls[-1].cycle
+    stats = store.rtp_stats(rtp.id)
+    assert stats is not None and stats.runs == len(fake.calls) == 3
+    assert store.in_flight == 0
+
+    # a reload that removes the job while a run is in flight: its result is dropped
+    fake2 = FakeRtp(duration=5.0)
+    sched2 = Scheduler(FakeStore(), max_concurrency=1, rtp_fn=fake2, wall_clock=wall_zero)
+    sched2.update([rtp])
+    with trio.fail_after(100):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sched2.run)
+            await fake2.called.wait()
+            sched2.update([])
+            await trio.sleep(10.0)
+            nursery.cancel_scope.cancel()
+    assert sched2.dropped_results == 1
+
+
+async def test_rtp_state_changes_and_errors_are_logged_once(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    pattern = [RtpReason.OK, RtpReason.OK, RtpReason.CONTROL_AUTH_FAILED, RtpReason.CONTROL_AUTH_FAILED]
+    fake = FakeRtp(reason=lambda n: pattern[n] if n < len(pattern) else RtpReason.OK)
+    rtp = rtp_config(interval=10.0, timeout=8.0)
+
+    async def broken(
+        spec: RtpProbeSpec, *, deadline: float, cycle: int, contexts: TLSContextCache | None = None
+    ) -> RtpResult:
+        if spec.host == "bad.contoso.local":
+            raise TLSConfigError("/etc/umprobe/peer-ca.pem: no such file")
+        return await fake(spec, deadline=deadline, cycle=cycle, contexts=contexts)
+
+    bad = rtp_config(name="bad", host="bad.contoso.local", interval=10.0, timeout=8.0)
+    store = FakeStore()
+    sched = Scheduler(store, max_concurrency=2, rtp_fn=broken, wall_clock=wall_zero)
+    sched.update([rtp, bad])
+    with caplog.at_level(logging.INFO, logger="umprobe"):
+        await run_for(sched, 59.0)
+    lines = [
+        (r.getMessage(), fields(r))
+        for r in caplog.records
+        if r.getMessage() in ("rtp peer first result", "rtp peer state changed")
+    ]
+    assert [(m, f["state"], f["reason"]) for m, f in lines] == [
+        ("rtp peer first result", "up", "ok"),
+        ("rtp peer state changed", "down", "control_auth_failed"),
+        ("rtp peer state changed", "up", "ok"),
+    ]
+    assert lines[1][1]["peer"] == "mbx01" and lines[1][1]["previous"] == "up"
+    errors = [r for r in caplog.records if r.getMessage() == "rtp peer could not run"]
+    assert len(errors) == 1 and fields(errors[0])["peer"] == "bad"
+    assert {p.name for p, _ in store.rtp_records} == {"mbx01"}

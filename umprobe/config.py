@@ -17,16 +17,24 @@ Theory of operation
    the more specific of the two, at the place where it was written.
 4. Targets expand into probes: a `module` target gives one probe per host; a `profile` target gives one
    probe per host and Exchange UM listener (`umprobe.profiles.expand_profile`), plain listeners through
-   `tcp_module` and TLS listeners through `tls_module`. Probe ids and `probe` label values must be unique.
+   `tcp_module` and TLS listeners through `tls_module`; a profile's `port_map` moves listeners to the
+   ports they are reached at (NAT, port forwarding, the demo's loopback ports) without changing what they
+   are. Probe ids and `probe` label values must be unique.
 5. TLS modules are judged by `make_client_context`, the same code the probes use: cipher strings always,
    files (readable, a certificate, a key that matches it) unless `check_files=False`.
+6. `[[rtp]]` entries become `RtpProbeConfig`s: one RTP range sweep per echo peer (docs/rtp.md). They share
+   nothing with modules; their keys are validated in their own table, the secret file is read (and its
+   length checked) unless `check_files=False`, and the timeout is held against
+   `umprobe.probes.rtp.estimate_seconds`: a cycle that cannot finish before its deadline is an error at
+   load time, not a stream of `not_measured` ports at run time. `peer` label values must be unique.
 
 Line numbers: tomllib reports none once a file has parsed. `_SourceIndex` runs a small TOML lexer over the
 text (strings of all four kinds, comments, brackets) and records the line of every table header and every
 `key =` statement under its full key path, so an error can say `probes.toml:LINE:`. A key inside an inline
 table is reported at the line of the inline table; a path it cannot place is reported without a line.
 
-File paths (`ca_file`, `cert_file`, `key_file`) are relative to the directory of the config file.
+File paths (`ca_file`, `cert_file`, `key_file`, `secret_file`) are relative to the directory of the config
+file.
 """
 
 from __future__ import annotations
@@ -38,16 +46,19 @@ import math
 import re
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Final, Literal, NoReturn
 
 from umprobe.errors import UserError
+from umprobe.media.sampling import MAX_RTP_PORT, MIN_RTP_PORT, even_ports
 from umprobe.net.errors import TLSConfigError
 from umprobe.net.tls import TLS_VERSIONS, TLSClientConfig, make_client_context
+from umprobe.probes.rtp import RtpProbeSpec, estimate_seconds
 from umprobe.probes.sip_options import SipProbeSpec
-from umprobe.profiles import PROFILES, UM_MODES, expand_profile
+from umprobe.profiles import PROFILES, UM_MODES, ListenerSpec, expand_profile
+from umprobe.secretfile import read_secret
 from umprobe.sip import DEFAULT_ACCEPT, parse_accept_status
 from umprobe.targets import TargetError, parse_target
 
@@ -60,6 +71,8 @@ __all__ = [
     "LOG_LEVELS",
     "MODULE_KEYS",
     "PROFILE_ROLES",
+    "RTP_DEFAULT_INTERVAL",
+    "RTP_KEYS",
     "TARGET_KEYS",
     "TLS_ONLY_KEYS",
     "Config",
@@ -68,8 +81,10 @@ __all__ = [
     "LogConfig",
     "ModuleConfig",
     "ProbeConfig",
+    "RtpProbeConfig",
     "SchedulerConfig",
     "describe",
+    "duration_text",
     "load_config",
     "parse_config",
 ]
@@ -107,19 +122,31 @@ _PROFILE_ONLY_KEYS: Final = (
     "roles",
     "call_router_tcp_port",
     "call_router_tls_port",
+    "port_map",
 )
 TARGET_KEYS: Final = frozenset(
     {"host", "name", "labels", "module", "port", "profile", "timeout", "interval", "server_name"}
     | set(_PROFILE_ONLY_KEYS)
 )
 
+#: The keys of an `[[rtp]]` entry: one echo peer (or plain UDP echo) whose RTP range the daemon sweeps.
+RTP_KEYS: Final = frozenset(
+    {
+        *("peer", "name", "mode", "secret_file", "range", "samples", "packets", "concurrency"),
+        *("interval", "timeout", "media_host", "ports", "labels"),
+        *("tls", "ca_file", "cert_file", "key_file", "server_name", "insecure"),
+    }
+)
+_RTP_TLS_KEYS: Final = ("ca_file", "cert_file", "key_file", "server_name", "insecure")
+
 #: Every key the config accepts, per section. "top" is the file's top level; "modules.NAME" is any module.
 KNOWN_KEYS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
     {
-        "top": frozenset({"defaults", "modules", "targets", "exporter", "scheduler", "log"}),
+        "top": frozenset({"defaults", "modules", "targets", "rtp", "exporter", "scheduler", "log"}),
         "defaults": MODULE_KEYS,
         "modules.NAME": MODULE_KEYS,
         "targets": TARGET_KEYS,
+        "rtp": RTP_KEYS,
         "exporter": frozenset({"listen", "probe_allow"}),
         "scheduler": frozenset({"max_concurrency"}),
         "log": frozenset({"format", "level"}),
@@ -131,6 +158,7 @@ BUILTIN_LABELS: Final = frozenset(
     {
         *("probe", "target", "address", "port", "transport", "listener", "family", "vantage"),
         *("phase", "reason", "version", "le", "quantile", "job", "instance"),
+        *("peer", "block", "direction", "result"),  # the RTP series'
     }
 )
 #: Modules that exist without being defined (a `[modules.NAME]` of the same name replaces one).
@@ -139,6 +167,13 @@ PROFILE_ROLES: Final = ("call_router", "um_service", "um_worker")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 DEFAULT_TIMEOUT: Final = 5.0
 DEFAULT_INTERVAL: Final = 30.0
+#: An [[rtp]] entry's default interval: a cycle takes seconds (`estimate_seconds`), not milliseconds.
+RTP_DEFAULT_INTERVAL: Final = 60.0
+_RTP_DEFAULT_RANGE: Final = (1024, 65535)
+_RTP_DEFAULTS: Final = RtpProbeSpec(host="-", port=1, secret=b"x" * 16)  # samples, packets, concurrency
+# What an RtpProbeSpec holds instead of the secret when the config is only checked (check_files=False):
+# such a config is never run (the daemon always loads with file checks), and a peer would refuse it anyway.
+_UNREAD_SECRET: Final = b"<secret file not read: check_files=False>"
 _DEFAULT_LISTEN: Final = "127.0.0.1:9874"
 _FAMILIES: Final = ("ipv4", "ipv6")
 _MAX_CONCURRENCY: Final = 100_000
@@ -228,6 +263,36 @@ class ProbeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RtpProbeConfig:
+    """One `[[rtp]]` entry: the RTP range of an echo peer (or a plain UDP echo), swept one cycle per run.
+
+    The scheduler runs it like a `ProbeConfig` (same spread, deadline, no overlap, reload by `id`); what a
+    run measures is `spec` (`umprobe.probes.rtp.probe_rtp`), which cycle of the sweep is the scheduler's
+    choice. `spec.secret` holds the secret read from `secret_file` (a placeholder when the config was
+    loaded with `check_files=False`, which the daemon never does).
+    """
+
+    id: str  # "rtp|host|port|mode|name": stable identity for schedule spread and reload diffing
+    name: str  # value of the `peer` label
+    target: str  # the peer's (or plain echo's) host
+    spec: RtpProbeSpec
+    interval: float
+    timeout: float
+    labels: tuple[tuple[str, str], ...]  # the entry's extra labels, sorted by name
+    secret_file: str | None = None  # the path, for `config check` and the status page (never the contents)
+
+    @property
+    def cycles_per_sweep(self) -> int:
+        """Runs it takes to sample every even port of the range once."""
+        return self.spec.cycles_per_sweep()
+
+    @property
+    def sweep_seconds(self) -> float:
+        """How long one full sweep of the range takes at this interval: cycles_per_sweep x interval."""
+        return self.cycles_per_sweep * self.interval
+
+
+@dataclass(frozen=True, slots=True)
 class ExporterConfig:
     """`[exporter]`: where the HTTP face listens and which hosts `/probe?target=` may probe."""
 
@@ -260,6 +325,12 @@ class Config:
     exporter: ExporterConfig = ExporterConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     log: LogConfig = LogConfig()
+    rtp: tuple[RtpProbeConfig, ...] = ()  # the [[rtp]] entries
+
+    @property
+    def jobs(self) -> tuple[ProbeConfig | RtpProbeConfig, ...]:
+        """Everything the scheduler runs: the SIP probes, then the RTP sweeps."""
+        return (*self.probes, *self.rtp)
 
     @property
     def extra_label_names(self) -> tuple[str, ...]:
@@ -633,7 +704,7 @@ class _Reader:
 
 
 def _section_title(section: str) -> str:
-    return {"top": "the top level", "targets": "[[targets]]"}.get(section, f"[{section}]")
+    return {"top": "the top level", "targets": "[[targets]]", "rtp": "[[rtp]]"}.get(section, f"[{section}]")
 
 
 class _Builder:
@@ -658,6 +729,7 @@ class _Builder:
         for name in self.modules:
             if name in self.user_modules or name in self.used:
                 self._check_tls(name)
+        rtp = self._rtp()
         return Config(
             source=r.source,
             modules=MappingProxyType(dict(self.modules)),
@@ -665,6 +737,7 @@ class _Builder:
             exporter=self._exporter(),
             scheduler=self._scheduler(),
             log=self._log(),
+            rtp=tuple(rtp),
         )
 
     # --- modules
@@ -880,6 +953,8 @@ class _Builder:
                 call_router_tcp_port=ports["call_router_tcp_port"],
                 call_router_tls_port=ports["call_router_tls_port"],
             )
+            if "port_map" in table:
+                listeners = self._port_map(table["port_map"], (*path, "port_map"), listeners)
             tcp_module: ModuleConfig | None = None
             tls_module: ModuleConfig | None = None
             if any(spec.transport == "tcp" for spec in listeners) or "tcp_module" in table:
@@ -896,6 +971,32 @@ class _Builder:
         if "server_name" in overrides and all(probe.spec.transport == "tcp" for probe in out):
             r.fail_val(overrides["server_name"], "only applies to TLS listeners (this target has none)")
         return [self._finish(probe, overrides, labels) for probe in out]
+
+    def _port_map(self, raw: object, path: KeyPath, listeners: list[ListenerSpec]) -> list[ListenerSpec]:
+        """`port_map = { K = V, ... }`: the profile's listener on port K is reached at port V (same listener
+        name, required flag and group). Keys must be ports of the expanded profile; values distinct."""
+        r = self.r
+        table = r.table(raw, path, "port_map = { 5062 = 41003, ... }: profile port = port it is reached at")
+        if not table:
+            r.fail(path, "is empty: it has no effect", raw)
+        ports = sorted({spec.port for spec in listeners})
+        mapping: dict[int, int] = {}
+        sources: dict[int, int] = {}
+        for key, value in table.items():
+            where = (*path, key)
+            if not key.isdigit() or int(key) not in ports:
+                r.fail(
+                    where,
+                    f"{key if key.isdigit() else json.dumps(key)} is not a port of this profile's listeners"
+                    f" ({', '.join(str(p) for p in ports)})",
+                    value,
+                )
+            to = r.port(value, where)
+            if to in sources:
+                r.fail(where, f"port {to} is also where {sources[to]} is reached: each needs its own", value)
+            mapping[int(key)] = to
+            sources[to] = int(key)
+        return [replace(spec, port=mapping.get(spec.port, spec.port)) for spec in listeners]
 
     def _roles(self, table: dict[str, object], path: KeyPath) -> tuple[str, ...]:
         r = self.r
@@ -1026,6 +1127,270 @@ class _Builder:
             required=probe.required,
             group=probe.group,
         )
+
+    # --- [[rtp]]
+
+    def _rtp(self) -> list[RtpProbeConfig]:
+        r = self.r
+        raw = self.data.get("rtp", [])
+        if not isinstance(raw, list):
+            r.fail(("rtp",), "must be an array of tables ([[rtp]])", raw)
+        out: list[RtpProbeConfig] = []
+        names: dict[str, KeyPath] = {}
+        for index, entry in enumerate(raw):
+            path: KeyPath = ("rtp", index)
+            table = r.table(entry, path, "[[rtp]]")
+            if "host" in table:
+                r.fail(
+                    (*path, "host"),
+                    'unknown key: an [[rtp]] entry names its echo peer with peer = "HOST:PORT"',
+                    table["host"],
+                )
+            r.check_keys(table, path, "rtp")
+            probe = self._rtp_entry(table, path)
+            if probe.name in names:
+                key = "name" if "name" in table else "peer"
+                r.fail(
+                    (*path, key),
+                    f"peer name {json.dumps(probe.name)} is used twice"
+                    f" (also by {_format_path(names[probe.name])}); give one of them another name",
+                    table[key],
+                )
+            names[probe.name] = path
+            out.append(probe)
+        return out
+
+    def _rtp_entry(self, table: dict[str, object], path: KeyPath) -> RtpProbeConfig:
+        r = self.r
+        plain = r.choice(table.get("mode", "peer"), (*path, "mode"), ("peer", "plain-echo")) == "plain-echo"
+        if "peer" not in table:
+            r.fail(
+                path,
+                'peer is required: the echo peer\'s control address, peer = "HOST:PORT"'
+                " (`umprobe peer --listen`)",
+            )
+        where: KeyPath = (*path, "peer")
+        try:
+            target = parse_target(r.string(table["peer"], where))
+        except TargetError:
+            target = None
+        if target is None or target.scheme is not None:
+            r.fail(
+                where,
+                'must be "HOST:PORT": a host name or IP address and the peer\'s control port',
+                table["peer"],
+            )
+        ports: tuple[int, ...] = ()
+        if plain:
+            if target.port is not None:
+                r.fail(
+                    where,
+                    'mode = "plain-echo" has no control port: give the host alone, and ports',
+                    table["peer"],
+                )
+            for key in ("secret_file", "samples", "media_host", "tls", *_RTP_TLS_KEYS):
+                if key in table:
+                    r.fail(
+                        (*path, key),
+                        'does not apply to mode = "plain-echo" (no control channel, no authentication)',
+                        table[key],
+                    )
+            if "ports" not in table:
+                r.fail(path, 'mode = "plain-echo" needs ports = [...]: the UDP echo ports to probe')
+            ports = self._rtp_ports(table["ports"], (*path, "ports"))
+        else:
+            if target.port is None:
+                r.fail(where, 'needs the control port: "HOST:PORT" (`umprobe peer --listen`)', table["peer"])
+            if "ports" in table:
+                r.fail(
+                    (*path, "ports"),
+                    'only applies to mode = "plain-echo"; a peer is sampled over range',
+                    table["ports"],
+                )
+            if "secret_file" not in table:
+                r.fail(
+                    path,
+                    "secret_file is required: the file with the peer's shared secret (at least 16 bytes)",
+                )
+        name = target.host
+        if "name" in table:
+            name = r.string(table["name"], (*path, "name"))
+            if any(ord(c) < 32 or ord(c) == 127 for c in name):
+                r.fail((*path, "name"), "must be one line without control characters", name)
+        labels = self._labels(table.get("labels", {}), (*path, "labels"))
+        rtp_range = self._rtp_range(table, path, ports)
+        defaults = _RTP_DEFAULTS
+        samples = len(ports) if plain else defaults.samples
+        if "samples" in table:
+            samples = r.integer(table["samples"], (*path, "samples"), 1, 256, "a whole number")
+        packets = defaults.packets
+        if "packets" in table:
+            packets = r.integer(table["packets"], (*path, "packets"), 1, 3000, "a whole number")
+        concurrency = defaults.concurrency
+        if "concurrency" in table:
+            concurrency = r.integer(table["concurrency"], (*path, "concurrency"), 1, 64, "a whole number")
+        media_host = (
+            r.host_name(table["media_host"], (*path, "media_host")) if "media_host" in table else None
+        )
+        tls, server_name = self._rtp_tls(table, path)
+        secret, secret_file = _UNREAD_SECRET, None
+        if not plain:
+            where = (*path, "secret_file")
+            secret_file = r.file_path(table["secret_file"], where)
+            if self.check_files:
+                try:
+                    # No stderr warning for a world-readable file here: the daemon logs, it does not print.
+                    secret = read_secret(secret_file, what="secret file", warn=False)
+                except UserError as exc:
+                    r.fail(where, str(exc), table["secret_file"])
+        try:
+            spec = RtpProbeSpec(
+                host=target.host,
+                port=target.port or 0,
+                secret=b"" if plain else secret,
+                tls=tls,
+                server_name=server_name,
+                media_host=media_host,
+                rtp_range=rtp_range,
+                samples=samples,
+                packets=packets,
+                mode="plain-echo" if plain else "peer",
+                ports=ports,
+                concurrency=concurrency,
+                rtcp=not plain,  # a plain echo has no RTCP counterpart to answer
+            )
+        except ValueError as exc:  # pragma: no cover - every value was checked above
+            r.fail(path, str(exc))
+        interval, timeout = self._rtp_timing(table, path, spec)
+        return RtpProbeConfig(
+            id=f"rtp|{spec.host}|{spec.port}|{spec.mode}|{name}",
+            name=name,
+            target=spec.host,
+            spec=spec,
+            interval=interval,
+            timeout=timeout,
+            labels=labels,
+            secret_file=secret_file,
+        )
+
+    def _rtp_ports(self, raw: object, path: KeyPath) -> tuple[int, ...]:
+        r = self.r
+        if not isinstance(raw, list) or not raw:
+            r.fail(path, "must be a non-empty list of UDP port numbers", raw)
+        for item in raw:
+            if isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= 65535:
+                r.fail(path, f"{_render(item)} is not a port number from 1 to 65535", raw)
+        if len(set(raw)) != len(raw):
+            r.fail(path, "lists a port twice", raw)
+        return tuple(int(item) for item in raw)
+
+    def _rtp_range(self, table: dict[str, object], path: KeyPath, ports: tuple[int, ...]) -> tuple[int, int]:
+        """`range = "LO-HI"`; without it 1024-65535, or in plain-echo mode the span of `ports`."""
+        r = self.r
+        if "range" not in table:
+            return (min(ports), max(ports)) if ports else _RTP_DEFAULT_RANGE
+        raw = table["range"]
+        where: KeyPath = (*path, "range")
+        text = r.string(raw, where)
+        lo_text, sep, hi_text = text.partition("-")
+        if not sep or not lo_text.strip().isdigit() or not hi_text.strip().isdigit():
+            r.fail(where, 'must be "LO-HI", e.g. "1024-65535" (MinimumRtpPort-MaximumRtpPort)', raw)
+        lo, hi = int(lo_text), int(hi_text)
+        if ports:  # plain-echo: any ports, but the list must lie in the range
+            if not 1 <= lo <= hi <= 65535:
+                r.fail(where, "must be LO-HI with 1 <= LO <= HI <= 65535", raw)
+            outside = [p for p in ports if not lo <= p <= hi]
+            if outside:
+                r.fail(where, f"does not hold the ports {', '.join(str(p) for p in outside[:5])}", raw)
+            return lo, hi
+        if not MIN_RTP_PORT <= lo <= hi <= MAX_RTP_PORT:
+            r.fail(where, f"must be LO-HI with {MIN_RTP_PORT} <= LO <= HI <= {MAX_RTP_PORT}", raw)
+        try:
+            even_ports(lo, hi)
+        except ValueError:
+            r.fail(where, "holds no even port: RTP uses even ports (RTCP the odd one above)", raw)
+        return lo, hi
+
+    def _rtp_tls(self, table: dict[str, object], path: KeyPath) -> tuple[TLSClientConfig | None, str | None]:
+        """The control channel's TLS: `tls = true` and its files, loaded like a module's when files are
+        checked."""
+        r = self.r
+        use_tls = r.boolean(table["tls"], (*path, "tls")) if "tls" in table else False
+        if not use_tls:
+            for key in _RTP_TLS_KEYS:
+                if key in table:
+                    r.fail(
+                        (*path, key), "only applies with tls = true (TLS on the control channel)", table[key]
+                    )
+            return None, None
+        files = {
+            key: r.file_path(table[key], (*path, key))
+            for key in ("ca_file", "cert_file", "key_file")
+            if key in table
+        }
+        if "key_file" in files and "cert_file" not in files:
+            r.fail(
+                (*path, "key_file"),
+                "needs cert_file: key_file is the private key of cert_file",
+                table["key_file"],
+            )
+        insecure = r.boolean(table["insecure"], (*path, "insecure")) if "insecure" in table else False
+        server_name = (
+            r.host_name(table["server_name"], (*path, "server_name")) if "server_name" in table else None
+        )
+        tls = TLSClientConfig(
+            ca_file=files.get("ca_file"),
+            cert_file=files.get("cert_file"),
+            key_file=files.get("key_file"),
+            insecure=insecure,
+        )
+        if self.check_files and tls not in self._checked_tls:
+            try:
+                make_client_context(tls)
+            except TLSConfigError as exc:
+                message = _one_line(str(exc))
+                named = [(message.find(path_), key) for key, path_ in files.items() if path_ in message]
+                key = min(named)[1] if named else "tls"
+                r.fail((*path, key), message, table[key])
+            self._checked_tls.add(tls)
+        return tls, server_name
+
+    def _rtp_timing(self, table: dict[str, object], path: KeyPath, spec: RtpProbeSpec) -> tuple[float, float]:
+        """interval (default 60 s) and timeout, held against what one cycle is estimated to take.
+
+        Without `timeout`: 1.5 x the estimate + 2 s, rounded up (what `umprobe rtp` uses), but at most 90 % of
+        the interval; an interval too short for even the estimate is an error."""
+        r = self.r
+        interval = RTP_DEFAULT_INTERVAL
+        if "interval" in table:
+            interval = r.seconds(table["interval"], (*path, "interval"))
+        estimate = estimate_seconds(spec)
+        what = (
+            f"{len(spec.ports)} port(s)" if spec.mode == "plain-echo" else f"samples = {spec.samples}"
+        ) + f", packets = {spec.packets}, concurrency = {spec.concurrency}"
+        interval_text = f"{interval:g} s" + ("" if "interval" in table else ", the default")
+        if "timeout" in table:
+            where: KeyPath = (*path, "timeout")
+            timeout = r.seconds(table["timeout"], where)
+            if timeout < estimate:
+                r.fail(
+                    where,
+                    f"is shorter than one cycle is estimated to take ({estimate:.1f} s for {what})"
+                    "; raise timeout, or lower samples or packets",
+                    table["timeout"],
+                )
+            if timeout >= interval:
+                r.fail(where, f"must be less than interval ({interval_text})", table["timeout"])
+            return interval, timeout
+        timeout = min(float(math.ceil(1.5 * estimate + 2)), 0.9 * interval)
+        if timeout < estimate:
+            r.fail(
+                (*path, "interval") if "interval" in table else path,
+                f"one cycle is estimated to take {estimate:.1f} s ({what}): too long for interval"
+                f" ({interval_text}); raise interval, or lower samples or packets",
+                *((table["interval"],) if "interval" in table else ()),
+            )
+        return interval, timeout
 
     # --- the small sections
 
@@ -1182,10 +1547,66 @@ def _seconds_text(value: float) -> str:
     return f"{value:g}s"
 
 
+def duration_text(seconds: float) -> str:
+    """A span for people: "45s", "12 min", "16.8 h", "3.5 d"."""
+    if seconds < 120:
+        return f"{seconds:g}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 4 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def _table_lines(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+
+
+def _describe_rtp(entries: Sequence[RtpProbeConfig]) -> list[str]:
+    header = (
+        "RTP PEER",
+        "CONTROL",
+        "MODE",
+        "RANGE",
+        "PORTS/RUN",
+        "PACKETS",
+        "SWEEP",
+        "INTERVAL",
+        "TIMEOUT",
+        "LABELS",
+    )
+    rows: list[Sequence[str]] = [header]
+    for entry in entries:
+        spec = entry.spec
+        host = f"[{spec.host}]" if ":" in spec.host else spec.host
+        if spec.mode == "plain-echo":
+            control, mode = f"{host} (no control)", "plain-echo (UNAUTHENTICATED)"
+        else:
+            control, mode = f"{host}:{spec.port}/{'tls' if spec.tls is not None else 'tcp'}", "peer"
+        per_run = len(spec.ports_for_cycle(0)) if spec.mode == "plain-echo" else spec.samples
+        rows.append(
+            (
+                entry.name,
+                control,
+                mode,
+                f"{spec.rtp_range[0]}-{spec.rtp_range[1]}",
+                str(per_run),
+                str(spec.packets),
+                f"{entry.cycles_per_sweep} run{'s' if entry.cycles_per_sweep != 1 else ''}"
+                f" = {duration_text(entry.sweep_seconds)}",
+                _seconds_text(entry.interval),
+                _seconds_text(entry.timeout),
+                ",".join(f"{k}={v}" for k, v in entry.labels) or "-",
+            )
+        )
+    return _table_lines(rows)
+
+
 def describe(config: Config) -> str:
-    """The expanded probe list, one line per probe, with a header and a summary line."""
+    """The expanded probe list, one line per probe (then one per [[rtp]] peer), and a summary line."""
     header = ("PROBE", "TARGET", "LISTENER", "TRANSPORT", "PORT", "MODULE", "INTERVAL", "TIMEOUT", "LABELS")
-    rows = [header]
+    rows: list[Sequence[str]] = [header]
     for probe in config.probes:
         listener = probe.spec.listener if probe.required else f"{probe.spec.listener} (any of {probe.group})"
         labels = ",".join(f"{k}={v}" for k, v in probe.labels) or "-"
@@ -1202,13 +1623,16 @@ def describe(config: Config) -> str:
                 labels,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    lines = _table_lines(rows) if config.probes or not config.rtp else []
+    if config.rtp:
+        lines += ["", *_describe_rtp(config.rtp)] if lines else _describe_rtp(config.rtp)
     targets = len(config.target_hosts)
     used = sorted({probe.module for probe in config.probes})
+    rtp = len(config.rtp)
     lines.append(
         f"{config.source}: OK: {len(config.probes)} probe{'s' if len(config.probes) != 1 else ''}"
         f" on {targets} host{'s' if targets != 1 else ''}"
         + (f", modules {', '.join(used)}" if used else " ([[targets]] is empty)")
+        + (f", {rtp} RTP peer{'s' if rtp != 1 else ''}" if rtp else "")
     )
     return "\n".join(lines)

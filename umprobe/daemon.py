@@ -18,13 +18,15 @@ that arrives early is a reload rather than the default "terminate".
 
 Reload (SIGHUP or `POST /-/reload`, serialized by a lock): `load_config` reads and validates the new file,
 TLS files included (it builds every TLS context with the probes' own code). On success: clear the live
-TLS context cache (so replaced certificate files are read again), `store.set_probes`,
-`scheduler.update` (unchanged probes keep their slots and series; removed ones stop and their series
-disappear), adopt the new concurrency limit and log settings, and `store.set_reload(success=True)`. On
-failure: one log line with the one-line reason, `store.set_reload(success=False, error=...)`, and the old
-config keeps running untouched. The listen address cannot change without a restart; a reload that asks
-for another one is applied otherwise and says so in a warning. Options given on the command line
-(--listen, --log-format) win over the file, at start and on every reload.
+TLS context cache (so replaced certificate files are read again), `store.set_probes` and `store.set_rtp`,
+`scheduler.update` with every job, SIP probes and `[[rtp]]` sweeps alike (unchanged ones keep their slots
+and series; removed ones stop and their series disappear; the secret file is read again, and a changed
+secret makes a changed RTP job), adopt the new concurrency limit and log settings, and
+`store.set_reload(success=True)`. On failure: one log line with the one-line reason,
+`store.set_reload(success=False, error=...)`, and the old config keeps running untouched. The listen
+address cannot change without a restart; a reload that asks for another one is applied otherwise and says
+so in a warning. Options given on the command line (--listen, --log-format) win over the file, at start
+and on every reload.
 
 trio's nurseries raise exception groups; `run_daemon` unwraps a lone `UserError` (the exporter's "cannot
 listen on ...") so that the command line can print its one line.
@@ -110,11 +112,12 @@ class Daemon:
         """A daemon for `config` with a fresh store and scheduler, ready to `serve`."""
         store = ResultStore()
         store.set_probes(config.probes)
+        store.set_rtp(config.rtp)
         store.set_reload(success=True, at=time.time())
         scheduler = Scheduler(
             store, max_concurrency=config.scheduler.max_concurrency, contexts=TLSContextCache()
         )
-        scheduler.update(config.probes)
+        scheduler.update(config.jobs)
         return cls(
             config_path,
             config,
@@ -149,7 +152,8 @@ class Daemon:
         old = self.config
         self.scheduler.contexts.clear()
         self.store.set_probes(new.probes)
-        summary = self.scheduler.update(new.probes)
+        self.store.set_rtp(new.rtp)
+        summary = self.scheduler.update(new.jobs)
         self.scheduler.max_concurrency = new.scheduler.max_concurrency
         if new.log != old.log:
             configure_logging(fmt=self._log_format or new.log.format, level=new.log.level)
@@ -162,6 +166,7 @@ class Daemon:
             source=source,
             config=self.source,
             probes=len(new.probes),
+            rtp_peers=len(new.rtp),
             added=len(summary.added),
             removed=len(summary.removed),
             changed=len(summary.changed),
@@ -223,6 +228,7 @@ class Daemon:
                     config=self.source,
                     listen=" ".join(_hostport(str(h), int(p)) for h, p in bound),
                     probes=len(self.config.probes),
+                    rtp_peers=len(self.config.rtp),
                     max_concurrency=self.scheduler.max_concurrency,
                 )
                 task_status.started(bound)

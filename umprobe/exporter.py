@@ -31,7 +31,11 @@ Endpoints:
 * `POST /-/reload`: awaits the `reload` callback: 200 "OK" when it returns True; 500 with the error line
   when it raises (the message of a `UserError`/`ConfigError`) or returns False.
 * `GET /`: an HTML status page (every interpolated value escaped) of every probe's last result and the
-  story of its last failure: transcript and TLS details, file paths but never file contents.
+  story of its last failure: transcript and TLS details, file paths but never file contents; then a
+  section per RTP peer (`[[rtp]]`): its last run (cycle, result, reason, loss, RTT, jitter, ports by
+  state), the block map of that run and the map of every block as last sampled (`render_map`, the same
+  one-character-per-block map `umprobe rtp` prints), and its last failure. The secret file's path is
+  shown; the secret never is.
 """
 
 from __future__ import annotations
@@ -52,11 +56,12 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from umprobe._version import __version__
-from umprobe.config import Config, ModuleConfig, ProbeConfig
+from umprobe.config import Config, ModuleConfig, ProbeConfig, RtpProbeConfig, duration_text
 from umprobe.errors import UserError
 from umprobe.metrics import CONTENT_TYPE, UmprobeCollector, describe_result, probe_page, render_metrics
 from umprobe.net.errors import TLSConfigError
 from umprobe.probes.result import ProbeResult
+from umprobe.probes.rtp_result import BLOCK_SYMBOLS, RtpResult, render_map
 from umprobe.probes.sip_options import TLSContextCache
 from umprobe.probes.sip_options import probe as sip_probe
 from umprobe.store import ResultStore
@@ -665,8 +670,79 @@ def _render_status(store: ResultStore, get_config: Callable[[], Config]) -> str:
         out.append(f"<details><summary>{_e(summary)}</summary><pre>")
         out.append(_e("\n".join(describe_result(r))))
         out.append("</pre></details>")
+    rtp = store.rtp_probes()
+    if rtp:
+        out.append("<h2>RTP peers</h2>")
+        legend = ", ".join(f"{symbol} {meaning}" for symbol, meaning in BLOCK_SYMBOLS.items())
+        out.append(f"<p>block map, one character per block of the range: {_e(legend)}</p>")
+    for entry in rtp:
+        out += _rtp_section(store, entry)
     out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+def _pct(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio * 100:.2f}%"
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.2f} ms"
+
+
+def _rtp_when(result: RtpResult) -> str:
+    if result.started_at is None:
+        return "-"
+    return result.started_at.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _rtp_section(store: ResultStore, entry: RtpProbeConfig) -> list[str]:
+    """One RTP peer on the status page: settings, last run, the two block maps, the last failure."""
+    spec = entry.spec
+    lo, hi = spec.rtp_range
+    if spec.mode == "plain-echo":
+        how = f"plain UDP echo on {spec.host}, ports {', '.join(map(str, spec.ports))} (UNAUTHENTICATED)"
+    else:
+        channel = "TLS" if spec.tls is not None else "TCP"
+        how = f"echo peer {_hostport(spec.host, spec.port)} ({channel} control, secret {entry.secret_file})"
+    sweep = f"{entry.cycles_per_sweep} runs of {entry.interval:g} s = {duration_text(entry.sweep_seconds)}"
+    out = [
+        f"<h3>{_e(entry.name)}</h3>",
+        f"<p>{_e(how)}; range {lo}-{hi}; full sweep {_e(sweep)}</p>",
+    ]
+    latest = store.rtp_latest(entry.id)
+    if latest is None:
+        out.append('<p class="none">not run yet</p>')
+        return out
+    t = latest.totals
+    verdict = (
+        '<td class="ok">ok</td>' if latest.success else f'<td class="fail">{_e(latest.reason.value)}</td>'
+    )
+    counts = ", ".join(f"{n} {state}" for state, n in t.state_counts.items() if n) or "none"
+    loss = (
+        f"forward {_pct(t.loss_forward)}, return {_pct(t.loss_return)}"
+        if latest.authenticated
+        else f"round trip {_pct(t.loss_roundtrip)} (direction unknown)"
+    )
+    out += [
+        "<table><tr><th>when (UTC)</th><th>cycle</th><th>result</th><th>ports</th><th>loss</th>"
+        "<th>RTT p50 / max</th><th>jitter forward / return</th><th>detail</th></tr>",
+        f"<tr><td>{_e(_rtp_when(latest))}</td><td>{latest.cycle} of {latest.cycles_per_sweep}</td>{verdict}"
+        f"<td>{_e(counts)}</td><td>{_e(loss)}</td><td>{_e(_ms(t.rtt_p50))} / {_e(_ms(t.rtt_max))}</td>"
+        f"<td>{_e(_ms(t.jitter_forward))} / {_e(_ms(t.jitter_return))}</td><td>{_e(latest.detail)}</td></tr>",
+        "</table>",
+    ]
+    if latest.blocks:
+        out.append("<pre>")
+        out.append(_e("last run:\n" + "\n".join(render_map(latest.blocks))))
+        out.append(
+            _e("every block as last sampled:\n" + "\n".join(render_map(store.rtp_known_blocks(entry.id))))
+        )
+        out.append("</pre>")
+    failed = store.rtp_last_failure(entry.id)
+    if failed is not None:
+        summary = f"last failure: {failed.reason.value} at {_rtp_when(failed)}"
+        out.append(f"<details><summary>{_e(summary)}</summary><pre>{_e(failed.detail)}</pre></details>")
+    return out
 
 
 # -- the server ------------------------------------------------------------------------------------------

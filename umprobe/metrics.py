@@ -20,6 +20,13 @@ ever becomes a label value: no reason phrase, no Server header, no Call-ID, no c
 peer-influenced label value is the TLS `version`, one of a handful of protocol names. The config keeps
 `probe` values unique; should two probes still share a label set, the collector keeps the first and logs.
 
+RTP peers (`[[rtp]]`) have series of their own, `umprobe_rtp_*`, labelled by *peer labels*: `peer` (the
+entry's name, unique in the config), `vantage`, then the entry's extra labels; plus `block` ("LO-HI", one
+of at most 64 fixed blocks of the configured range), `direction` (`forward`, `return`), `result` (a port
+state) or `reason` (an `RtpReason`). A port number is never a label value: per-port detail lives on the
+status page only. Blocks are reported from the store's last sample of each (a run samples only one cycle
+of the sweep), with the time of that sample beside the ratio.
+
 Samples are built with `add_sample` on families from `prometheus_client.core` created without fixed label
 names, because the set of extra labels differs from target to target.
 """
@@ -44,7 +51,7 @@ from umprobe.probes.result import ProbeResult
 from umprobe.store import HistogramSnapshot, ResultStore
 
 if TYPE_CHECKING:
-    from umprobe.config import ProbeConfig
+    from umprobe.config import ProbeConfig, RtpProbeConfig
 
 __all__ = [
     "BASE_LABELS",
@@ -54,6 +61,7 @@ __all__ = [
     "build_info_labels",
     "describe_result",
     "listener_labels",
+    "peer_labels",
     "probe_page",
     "render_metrics",
 ]
@@ -128,6 +136,36 @@ _FAMILIES: dict[str, tuple[str, str]] = {
     ),
     # per probe
     "umprobe_probe_interval_seconds": ("gauge", "The configured interval between runs of the probe."),
+    # per RTP peer ([[rtp]])
+    "umprobe_rtp_probe_success": (
+        "gauge",
+        "1 if the last RTP run completed (control channel and measurement worked), else 0.",
+    ),
+    "umprobe_rtp_block_reachable_ratio": (
+        "gauge",
+        "Share of the sampled ports of a block of the RTP range that answered, when it was last sampled.",
+    ),
+    "umprobe_rtp_block_last_sampled_timestamp_seconds": (
+        "gauge",
+        "When a port of this block of the RTP range was last measured, unix seconds.",
+    ),
+    "umprobe_rtp_loss_ratio": (
+        "gauge",
+        "Packet loss of the last RTP run over its reachable ports, per direction (peer mode only).",
+    ),
+    "umprobe_rtp_jitter_seconds": (
+        "gauge",
+        "RFC 3550 interarrival jitter of the last RTP run (its worst port), per direction.",
+    ),
+    "umprobe_rtp_sweep_progress_ratio": (
+        "gauge",
+        "How far through the sweep of the RTP range the last run got: (cycle + 1) / cycles per sweep.",
+    ),
+    "umprobe_rtp_last_run_timestamp_seconds": ("gauge", "When the last RTP run started, unix seconds."),
+    "umprobe_rtp_runs_total": ("counter", "RTP runs (one cycle of the sweep each)."),
+    "umprobe_rtp_failures_total": ("counter", "RTP runs that failed, by reason."),
+    "umprobe_rtp_ports_probed_total": ("counter", "Sampled RTP ports, by what was found."),
+    "umprobe_rtp_rtt_seconds": ("histogram", "Round-trip time of every RTP echo (peer processing excluded)."),
     # the daemon
     "umprobe_build_info": ("gauge", "umprobe's version and the Python, pyOpenSSL and OpenSSL it runs on."),
     "umprobe_config_last_reload_successful": (
@@ -205,6 +243,54 @@ def _probe_labels(probe: ProbeConfig, vantage: str | None) -> dict[str, str]:
     for name, value in probe.labels:
         labels[f"exported_{name}" if name in RESERVED_LABELS else name] = value
     return labels
+
+
+def peer_labels(probe: RtpProbeConfig, *, vantage: str | None = None) -> dict[str, str]:
+    """The label set of an RTP peer's series: `peer`, `vantage`, extra labels."""
+    labels = {"peer": probe.name}
+    if vantage:
+        labels["vantage"] = vantage
+    for name, value in probe.labels:
+        labels[f"exported_{name}" if name in RESERVED_LABELS else name] = value
+    return labels
+
+
+def _rtp_samples(families: _Families, store: ResultStore, probe: RtpProbeConfig, vantage: str | None) -> None:
+    """Every `umprobe_rtp_*` series of one peer: the one place an `RtpResult` becomes samples."""
+    labels = peer_labels(probe, vantage=vantage)
+    latest = store.rtp_latest(probe.id)
+    if latest is not None:
+        families.add("umprobe_rtp_probe_success", labels, 1.0 if latest.success else 0.0)
+        totals = latest.totals
+        if latest.authenticated:  # a plain echo cannot tell the directions apart
+            for direction, ratio in (("forward", totals.loss_forward), ("return", totals.loss_return)):
+                if ratio is not None:
+                    families.add("umprobe_rtp_loss_ratio", {**labels, "direction": direction}, ratio)
+        for direction, jitter in (("forward", totals.jitter_forward), ("return", totals.jitter_return)):
+            if jitter is not None:
+                families.add("umprobe_rtp_jitter_seconds", {**labels, "direction": direction}, jitter)
+        if latest.cycles_per_sweep > 0:
+            progress = (latest.cycle % latest.cycles_per_sweep + 1) / latest.cycles_per_sweep
+            families.add("umprobe_rtp_sweep_progress_ratio", labels, progress)
+        started = latest.started_at.timestamp() if latest.started_at else store.rtp_recorded_at(probe.id)
+        if started is not None:
+            families.add("umprobe_rtp_last_run_timestamp_seconds", labels, started)
+    stats = store.rtp_stats(probe.id)
+    if stats is None:
+        return
+    for seen in stats.blocks:
+        ratio = seen.block.ratio
+        if ratio is None:  # pragma: no cover - the store keeps measured blocks only
+            continue
+        block = {**labels, "block": seen.block.label}
+        families.add("umprobe_rtp_block_reachable_ratio", block, ratio)
+        families.add("umprobe_rtp_block_last_sampled_timestamp_seconds", block, seen.sampled_at)
+    families.add("umprobe_rtp_runs_total", labels, float(stats.runs))
+    for reason, count in stats.failures:
+        families.add("umprobe_rtp_failures_total", {**labels, "reason": reason.value}, float(count))
+    for state, count in stats.ports:
+        families.add("umprobe_rtp_ports_probed_total", {**labels, "result": state}, float(count))
+    families.histogram("umprobe_rtp_rtt_seconds", labels, stats.rtt)
 
 
 def listener_labels(probe: ProbeConfig, address: str, *, vantage: str | None = None) -> dict[str, str]:
@@ -307,6 +393,8 @@ class UmprobeCollector(Collector):
                     )
                 if stats.address:  # no address, no SIP exchange: the address-less key has no histogram
                     families.histogram("umprobe_sip_response_seconds", address_labels, stats.sip_response)
+        for rtp in store.rtp_probes():
+            _rtp_samples(families, store, rtp, self._vantage)
         families.add("umprobe_build_info", self._build_info, 1.0)
         reload = store.reload_status()
         families.add("umprobe_config_last_reload_successful", {}, 1.0 if reload.successful else 0.0)

@@ -39,6 +39,24 @@ Failures are data: the probe function returns results for every network or peer 
 raises is ours (an unusable local TLS file, or a bug): it is logged once per probe and message and
 recorded as nothing, so one bad probe never stops the other 9,999. A probe function that overruns its
 deadline by more than `OVERRUN_GRACE` seconds is cancelled and logged the same way.
+
+Two kinds of job, one timetable. A job is a `ProbeConfig` (one SIP listener, `[[targets]]`) or an
+`RtpProbeConfig` (one echo peer's RTP range, `[[rtp]]`); both carry `id`, `name`, `target`, `interval`
+and `timeout`, and everything above (slots, spread, limiter, lag, deadline, no overlap, reload by id,
+errors) treats them alike. They differ in two places only, both in `_call_probe`: which probe function
+is called (`probe_fn(spec, deadline=, contexts=)` for SIP, `rtp_fn(spec, deadline=, cycle=, contexts=)`
+for RTP) and where its result goes (`ResultSink.record` / `record_rtp`). The dispatch is one
+`isinstance` on the job, so each branch is fully typed; a third probe kind is a third branch, not a
+rewrite. (One job type with a `spec: SipProbeSpec | RtpProbeSpec` union was the alternative: it would
+have pushed the union into every reader of `ProbeConfig.spec`, i.e. metrics, exporter, /probe, demo.)
+
+RTP cycles. An RTP run measures one cycle of its sweep (`RtpProbeSpec.ports_for_cycle`), and the cycle is
+a function of the slot, not of a counter: the slot whose wall-clock time falls in
+[k x interval, (k + 1) x interval) measures cycle k mod cycles_per_sweep. Consecutive slots take
+consecutive cycles, so the whole range is covered every cycles_per_sweep x interval seconds (1008 x 60 s,
+about 17 hours, for 1024-65535 with the defaults), and since the grid is anchored to the wall clock a
+restart or a reload continues the sweep where it was instead of starting again at cycle 0. A skipped slot
+leaves its cycle's ports for the next sweep.
 """
 
 from __future__ import annotations
@@ -48,29 +66,35 @@ import heapq
 import logging
 import math
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from functools import partial
+from typing import Any, Protocol
 
 import trio
 
-from umprobe.logs import ProbeStateLog, log_event
+from umprobe.config import ProbeConfig, RtpProbeConfig
+from umprobe.logs import LOGGER_NAME, ProbeStateLog, log_event
 from umprobe.net.errors import TLSConfigError
 from umprobe.probes import sip_options
 from umprobe.probes.result import ProbeResult
+from umprobe.probes.rtp import RtpProbeSpec, probe_rtp
+from umprobe.probes.rtp_result import RtpResult
 from umprobe.probes.sip_options import SipProbeSpec, TLSContextCache
-
-if TYPE_CHECKING:
-    from umprobe.config import ProbeConfig
 
 __all__ = [
     "OVERRUN_GRACE",
+    "Job",
     "ProbeFunction",
     "ResultSink",
+    "RtpProbeFunction",
     "Scheduler",
     "UpdateSummary",
     "phase_fraction",
 ]
+
+#: What the scheduler runs: a SIP listener probe or an RTP range sweep (see "Two kinds of job" above).
+Job = ProbeConfig | RtpProbeConfig
 
 OVERRUN_GRACE = 1.0
 """Seconds a probe function may run past its deadline before the scheduler cancels it (a bug guard)."""
@@ -92,10 +116,19 @@ class ProbeFunction(Protocol):
     ) -> Coroutine[Any, Any, Sequence[ProbeResult]]: ...
 
 
+class RtpProbeFunction(Protocol):
+    """What the scheduler calls for one RTP run; `umprobe.probes.rtp.probe_rtp` is the default."""
+
+    def __call__(
+        self, spec: RtpProbeSpec, *, deadline: float, cycle: int, contexts: TLSContextCache | None = ...
+    ) -> Coroutine[Any, Any, RtpResult]: ...
+
+
 class ResultSink(Protocol):
     """The part of `umprobe.store.ResultStore` the scheduler writes to."""
 
     def record(self, probe: ProbeConfig, results: Sequence[ProbeResult]) -> None: ...
+    def record_rtp(self, probe: RtpProbeConfig, result: RtpResult) -> None: ...
     def observe_lag(self, seconds: float) -> None: ...
     def probe_started(self) -> None: ...
     def probe_finished(self) -> None: ...
@@ -120,7 +153,7 @@ def phase_fraction(probe_id: str) -> float:
 
 @dataclass(eq=False, slots=True)
 class _Entry:
-    probe: ProbeConfig
+    probe: Job
     fraction: float
     generation: int = 0
     due: float | None = None
@@ -142,8 +175,8 @@ class Scheduler:
     """Runs each probe once per interval until cancelled; see the module docstring for how.
 
     `store` receives lag, in-flight and results (`ResultSink`; normally a `umprobe.store.ResultStore`).
-    `probe_fn` and `wall_clock` are there for tests: a fake probe, and the clock that anchors the grid.
-    Call `update(probes)` before or while `run()` runs.
+    `probe_fn`, `rtp_fn` and `wall_clock` are there for tests: fake probes, and the clock that anchors the
+    grid. Call `update(jobs)` before or while `run()` runs.
     """
 
     def __init__(
@@ -153,6 +186,7 @@ class Scheduler:
         max_concurrency: int,
         contexts: TLSContextCache | None = None,
         probe_fn: ProbeFunction | None = None,
+        rtp_fn: RtpProbeFunction | None = None,
         wall_clock: Callable[[], float] = time.time,
         state_log: ProbeStateLog | None = None,
     ) -> None:
@@ -162,8 +196,10 @@ class Scheduler:
         self._limiter = trio.CapacityLimiter(max_concurrency)
         self._contexts = contexts if contexts is not None else TLSContextCache()
         self._probe_fn: ProbeFunction = probe_fn if probe_fn is not None else sip_options.probe
+        self._rtp_fn: RtpProbeFunction = rtp_fn if rtp_fn is not None else probe_rtp
         self._wall_clock = wall_clock
         self._states = state_log if state_log is not None else ProbeStateLog()
+        self._rtp_states = _RtpStateLog()
         self._entries: dict[str, _Entry] = {}
         self._retired: dict[str, _Entry] = {}  # removed, but a run is still in flight
         self._heap: list[_Slot] = []
@@ -192,11 +228,11 @@ class Scheduler:
         """The TLS context cache shared by every run (the daemon clears it on a successful reload)."""
         return self._contexts
 
-    def update(self, probes: Sequence[ProbeConfig]) -> UpdateSummary:
-        """Make `probes` the set to run: unchanged ids keep their slots, changed ones take effect at their
-        next slot, removed ones stop (their in-flight results are dropped). Raises ValueError on a
-        duplicate id."""
-        wanted: dict[str, ProbeConfig] = {}
+    def update(self, probes: Sequence[Job]) -> UpdateSummary:
+        """Make `probes` (SIP probes and RTP sweeps) the set to run: unchanged ids keep their slots, changed
+        ones take effect at their next slot, removed ones stop (their in-flight results are dropped).
+        Raises ValueError on a duplicate id."""
+        wanted: dict[str, Job] = {}
         for probe in probes:
             if probe.id in wanted:
                 raise ValueError(f"duplicate probe id {probe.id!r}")
@@ -232,16 +268,17 @@ class Scheduler:
             else:
                 unchanged += 1
         self._states.forget(wanted.keys())
+        self._rtp_states.forget(wanted.keys())
         self._changed.set()
         return UpdateSummary(tuple(added), removed, tuple(changed), unchanged)
 
     # -- introspection (status page, tests) ------------------------------------------------------------
 
-    def probes(self) -> tuple[ProbeConfig, ...]:
-        """The probes currently scheduled."""
+    def probes(self) -> tuple[Job, ...]:
+        """The jobs currently scheduled."""
         return tuple(entry.probe for entry in self._entries.values())
 
-    def offset(self, probe: ProbeConfig) -> float:
+    def offset(self, probe: Job) -> float:
         """Seconds into each interval (counted from unix time 0 on the wall clock) at which `probe` runs."""
         return phase_fraction(probe.id) * probe.interval
 
@@ -379,15 +416,22 @@ class Scheduler:
         assert self._nursery is not None
         self._nursery.start_soon(self._run_one, entry, probe, due, name=f"probe {probe.id}")
 
-    async def _run_one(self, entry: _Entry, probe: ProbeConfig, planned: float) -> None:
-        results: Sequence[ProbeResult] | None = None
+    def cycle_of(self, probe: RtpProbeConfig, planned: float) -> int:
+        """The sweep cycle an RTP run planned for trio time `planned` (one of its slots) measures: k mod
+        cycles_per_sweep for the slot in wall-clock [k x interval, (k + 1) x interval)."""
+        assert self._epoch is not None, "only while run() runs"
+        slot = round((planned - self._epoch) / probe.interval - phase_fraction(probe.id))
+        return slot % probe.cycles_per_sweep
+
+    async def _run_one(self, entry: _Entry, probe: Job, planned: float) -> None:
+        record: Callable[[], None] | None = None
         try:
             async with self._limiter:
                 start = trio.current_time()
                 self._store.observe_lag(max(0.0, start - planned))
                 self._store.probe_started()
                 try:
-                    results = await self._call_probe(probe, start + probe.timeout)
+                    record = await self._call_probe(probe, start + probe.timeout, planned)
                 finally:
                     self._store.probe_finished()
         finally:
@@ -405,23 +449,91 @@ class Scheduler:
                 target=probe.target,
             )
             return
-        if results is None:
-            return
-        self._store.record(probe, results)
-        self._states.observe(probe, results)
+        if record is not None:
+            record()
 
-    async def _call_probe(self, probe: ProbeConfig, deadline: float) -> Sequence[ProbeResult] | None:
+    async def _call_probe(self, probe: Job, deadline: float, planned: float) -> Callable[[], None] | None:
+        """Run the job's probe function; return how to record its result (None: nothing to record)."""
         error: str
         bug: BaseException | None = None
         try:
             with trio.move_on_at(deadline + OVERRUN_GRACE):
-                return await self._probe_fn(probe.spec, deadline=deadline, contexts=self._contexts)
+                if isinstance(probe, RtpProbeConfig):
+                    cycle = self.cycle_of(probe, planned)
+                    rtp = await self._rtp_fn(
+                        probe.spec, deadline=deadline, cycle=cycle, contexts=self._contexts
+                    )
+                    return partial(self._record_rtp, probe, rtp)
+                results = await self._probe_fn(probe.spec, deadline=deadline, contexts=self._contexts)
+                return partial(self._record_sip, probe, results)
             error = f"probe function overran its deadline by more than {OVERRUN_GRACE:g}s and was cancelled"
         except TLSConfigError as exc:
             error = str(exc)
         except Exception as exc:  # a bug in a probe must not stop the other probes
             error = f"{type(exc).__name__}: {exc}"
             bug = exc
-        if self._entries.get(probe.id) is not None:
+        if self._entries.get(probe.id) is None:
+            return None
+        if isinstance(probe, RtpProbeConfig):
+            self._rtp_states.observe_error(probe, error, exc_info=bug)
+        else:
             self._states.observe_error(probe, error, exc_info=bug)
         return None
+
+    def _record_sip(self, probe: ProbeConfig, results: Sequence[ProbeResult]) -> None:
+        self._store.record(probe, results)
+        self._states.observe(probe, results)
+
+    def _record_rtp(self, probe: RtpProbeConfig, result: RtpResult) -> None:
+        self._store.record_rtp(probe, result)
+        self._rtp_states.observe(probe, result)
+
+
+class _RtpStateLog:
+    """The RTP twin of `ProbeStateLog`: an RTP peer's first result and every change of its run's reason
+    (`ok` -> `control_connect_failed` and back), once each; a run that could not run, once per text."""
+
+    def __init__(self) -> None:
+        self._logger = logging.getLogger(f"{LOGGER_NAME}.probe")
+        self._reasons: dict[str, str] = {}
+        self._errors: dict[str, str] = {}
+
+    def observe(self, probe: RtpProbeConfig, result: RtpResult) -> None:
+        self._errors.pop(probe.id, None)
+        before = self._reasons.get(probe.id)
+        reason = result.reason.value
+        self._reasons[probe.id] = reason
+        if before == reason:
+            return
+        log_event(
+            self._logger,
+            logging.INFO if result.success else logging.WARNING,
+            "rtp peer first result" if before is None else "rtp peer state changed",
+            peer=probe.name,
+            target=probe.target,
+            state="up" if result.success else "down",
+            previous=None if before is None else ("up" if before == "ok" else "down"),
+            reason=reason,
+            previous_reason=None if before is None or before == reason else before,
+            cycle=result.cycle,
+            detail=result.detail,
+        )
+
+    def observe_error(self, probe: RtpProbeConfig, error: str, *, exc_info: BaseException | None) -> None:
+        if self._errors.get(probe.id) == error:
+            return
+        self._errors[probe.id] = error
+        log_event(
+            self._logger,
+            logging.ERROR,
+            "rtp peer could not run",
+            peer=probe.name,
+            target=probe.target,
+            error=error,
+            exc_info=exc_info,
+        )
+
+    def forget(self, keep: Collection[str]) -> None:
+        for table in (self._reasons, self._errors):
+            for probe_id in [p for p in table if p not in keep]:
+                del table[probe_id]

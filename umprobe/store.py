@@ -23,6 +23,15 @@ Results without an address (`dns_error`: the name did not resolve) are kept unde
 * Addresses come and go with DNS. The state of an address that has not appeared in `STALE_RUNS`
   consecutive runs of its probe is dropped, so a round-robin name cannot grow the series without bound. Keys
   created by `set_probes` are never dropped.
+
+RTP peers (`[[rtp]]`, `RtpProbeConfig`) have their own table, installed by `set_rtp` with the same rules
+(ids still configured keep their state, the others are forgotten) and written by `record_rtp`. Per peer:
+the latest `RtpResult`, runs, failures by `RtpReason` and sampled ports by state (all at 0 from the moment
+the peer is configured), the RTT histogram over every echo, and the *blocks*: a run samples only some
+blocks of the range (one cycle of the sweep), so the store keeps, per block, the last run that measured a
+port in it and when (`BlockSeen`); the block map and `umprobe_rtp_block_reachable_ratio` are built from
+that, and the timestamp makes staleness visible. When a reload changes the range, blocks that no longer
+exist are dropped.
 """
 
 from __future__ import annotations
@@ -36,21 +45,27 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from umprobe.probes.result import ProbeResult, Reason
+from umprobe.probes.rtp_result import PORT_STATES, BlockResult, PortState, RtpReason, RtpResult
 
 if TYPE_CHECKING:
-    from umprobe.config import ProbeConfig
+    from umprobe.config import ProbeConfig, RtpProbeConfig
 
 __all__ = [
     "ADDRESS_FAILURE_REASONS",
     "FAILURE_REASONS",
     "NO_ADDRESS_FAILURE_REASONS",
+    "RTP_FAILURE_REASONS",
+    "RTP_PORT_RESULTS",
+    "RTP_RTT_BUCKETS",
     "SCHEDULER_LAG_BUCKETS",
     "SIP_RESPONSE_BUCKETS",
     "STALE_RUNS",
     "AddressStats",
+    "BlockSeen",
     "HistogramSnapshot",
     "ReloadStatus",
     "ResultStore",
+    "RtpStats",
 ]
 
 #: Upper bounds (seconds) of `umprobe_sip_response_seconds`: 1 ms on a LAN .. 10 s, past any sane timeout.
@@ -88,6 +103,27 @@ SCHEDULER_LAG_BUCKETS: tuple[float, ...] = (
     60.0,
 )
 
+#: Upper bounds (seconds) of `umprobe_rtp_rtt_seconds`: 0.5 ms (loopback, one switch) .. 1 s (the straggler
+#: window: a later echo is not counted).
+RTP_RTT_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
+
+#: The `reason` label values of `umprobe_rtp_failures_total`: every way an RTP run can fail.
+RTP_FAILURE_REASONS: tuple[RtpReason, ...] = tuple(r for r in RtpReason if r is not RtpReason.OK)
+#: The `result` label values of `umprobe_rtp_ports_probed_total`: the fixed port states.
+RTP_PORT_RESULTS: tuple[PortState, ...] = PORT_STATES
+
 #: Every reason a run can fail with: the `reason` label values of `umprobe_probe_failures_total`.
 FAILURE_REASONS: tuple[Reason, ...] = tuple(r for r in Reason if r is not Reason.OK)
 #: The reasons pre-initialised on a key with an address (a resolved address cannot have a DNS error).
@@ -116,6 +152,26 @@ class AddressStats:
     runs: int
     failures: tuple[tuple[Reason, int], ...]  # in `Reason` order
     sip_response: HistogramSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class BlockSeen:
+    """One block of an RTP peer's range as last sampled: what that run found in it, and when (unix s)."""
+
+    block: BlockResult  # `measured` > 0, so `ratio` is a number
+    sampled_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RtpStats:
+    """The accumulated state of one RTP peer: runs, failures by reason, sampled ports by state, the RTT
+    histogram, and the last sample of every block sampled so far (in range order)."""
+
+    runs: int
+    failures: tuple[tuple[RtpReason, int], ...]  # in `RtpReason` order, `ok` left out
+    ports: tuple[tuple[PortState, int], ...]  # in `RTP_PORT_RESULTS` order
+    rtt: HistogramSnapshot
+    blocks: tuple[BlockSeen, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +228,19 @@ class _ProbeState:
     addresses: dict[str, _AddressState] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _RtpState:
+    config: RtpProbeConfig
+    latest: RtpResult | None = None
+    last_failure: RtpResult | None = None
+    recorded_at: float | None = None
+    runs: int = 0
+    failures: dict[RtpReason, int] = field(default_factory=lambda: dict.fromkeys(RTP_FAILURE_REASONS, 0))
+    ports: dict[PortState, int] = field(default_factory=lambda: dict.fromkeys(RTP_PORT_RESULTS, 0))
+    rtt: _Histogram = field(default_factory=lambda: _Histogram(RTP_RTT_BUCKETS))
+    blocks: dict[str, BlockSeen] = field(default_factory=dict)  # by block label
+
+
 def _literal_address(host: str) -> str | None:
     """The address an IP-literal host resolves to (as `umprobe.net.resolve` spells it), else None."""
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
@@ -195,6 +264,7 @@ class ResultStore:
     def __init__(self, *, clock: Callable[[], float] | None = None) -> None:
         self._clock: Callable[[], float] = clock or time.time
         self._probes: dict[str, _ProbeState] = {}
+        self._rtp: dict[str, _RtpState] = {}
         self._lag = _Histogram(SCHEDULER_LAG_BUCKETS)
         self._in_flight = 0
         self._skipped_slots = 0
@@ -251,6 +321,40 @@ class ResultStore:
         ]:
             del state.addresses[key]
 
+    def set_rtp(self, entries: Sequence[RtpProbeConfig]) -> None:
+        """Install the [[rtp]] peers of a (re)load: keep the state of ids still present (minus blocks a new
+        range no longer has), forget the others."""
+        old = self._rtp
+        new: dict[str, _RtpState] = {}
+        for config in entries:
+            state = old.get(config.id) or new.get(config.id) or _RtpState(config=config)
+            if state.config.spec.rtp_range != config.spec.rtp_range:
+                labels = {f"{lo}-{hi}" for lo, hi in config.spec.blocks()}
+                state.blocks = {k: v for k, v in state.blocks.items() if k in labels}
+            state.config = config
+            new[config.id] = state
+        self._rtp = new
+
+    def record_rtp(self, probe: RtpProbeConfig, result: RtpResult) -> None:
+        """Store one RTP run as the latest, count it, and update the blocks it sampled."""
+        state = self._rtp.get(probe.id)
+        if state is None:
+            return  # removed by a reload while it was running
+        state.runs += 1
+        state.latest = result
+        state.recorded_at = self._clock()
+        if not result.success:
+            state.last_failure = result
+            state.failures[result.reason] = state.failures.get(result.reason, 0) + 1
+        for port in result.ports:
+            state.ports[port.state] = state.ports.get(port.state, 0) + 1
+        for sample in result.rtt_samples:
+            state.rtt.observe(sample)
+        sampled_at = result.started_at.timestamp() if result.started_at is not None else state.recorded_at
+        for block in result.blocks:
+            if block.sampled:
+                state.blocks[block.label] = BlockSeen(block, sampled_at)
+
     def observe_lag(self, seconds: float) -> None:
         """How late a scheduled run started (seconds; negative values count as 0)."""
         self._lag.observe(max(0.0, seconds))
@@ -301,6 +405,52 @@ class ResultStore:
         if state is None:
             return ()
         return tuple(_address_stats(key, state.addresses[key]) for key in sorted(state.addresses))
+
+    def rtp_probes(self) -> tuple[RtpProbeConfig, ...]:
+        """The configured [[rtp]] peers, in configuration order."""
+        return tuple(state.config for state in self._rtp.values())
+
+    def rtp_latest(self, probe_id: str) -> RtpResult | None:
+        """The peer's last run; None before its first run or if unknown."""
+        state = self._rtp.get(probe_id)
+        return state.latest if state else None
+
+    def rtp_last_failure(self, probe_id: str) -> RtpResult | None:
+        """The peer's most recent run that failed (reason not `ok`); None if none yet."""
+        state = self._rtp.get(probe_id)
+        return state.last_failure if state else None
+
+    def rtp_recorded_at(self, probe_id: str) -> float | None:
+        """Wall-clock unix time of the peer's last recorded run, or None."""
+        state = self._rtp.get(probe_id)
+        return state.recorded_at if state else None
+
+    def rtp_stats(self, probe_id: str) -> RtpStats | None:
+        """The peer's counters, RTT histogram and last-known blocks; None if not configured."""
+        state = self._rtp.get(probe_id)
+        if state is None:
+            return None
+        order = {label: i for i, label in enumerate(f"{lo}-{hi}" for lo, hi in state.config.spec.blocks())}
+        blocks = sorted(state.blocks.values(), key=lambda seen: order.get(seen.block.label, len(order)))
+        return RtpStats(
+            runs=state.runs,
+            failures=tuple((r, state.failures.get(r, 0)) for r in RTP_FAILURE_REASONS),
+            ports=tuple((p, state.ports.get(p, 0)) for p in RTP_PORT_RESULTS),
+            rtt=state.rtt.snapshot(),
+            blocks=tuple(blocks),
+        )
+
+    def rtp_known_blocks(self, probe_id: str) -> tuple[BlockResult, ...]:
+        """Every block of the peer's range as last sampled, in range order; a block not sampled yet is an
+        empty `BlockResult` (map symbol "."). For the block map across cycles (status page, demo)."""
+        state = self._rtp.get(probe_id)
+        if state is None:
+            return ()
+        out: list[BlockResult] = []
+        for index, (lo, hi) in enumerate(state.config.spec.blocks()):
+            seen = state.blocks.get(f"{lo}-{hi}")
+            out.append(seen.block if seen is not None else BlockResult(index=index, lo=lo, hi=hi))
+        return tuple(out)
 
     def scheduler_lag(self) -> HistogramSnapshot:
         return self._lag.snapshot()

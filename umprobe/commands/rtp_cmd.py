@@ -30,7 +30,7 @@ from umprobe.errors import UserError
 from umprobe.net.errors import TLSConfigError
 from umprobe.net.tls import TLSClientConfig
 from umprobe.probes.rtp import RtpProbeSpec, estimate_seconds, probe_rtp
-from umprobe.probes.rtp_result import BlockResult, PortResult, RtpResult, merge_results
+from umprobe.probes.rtp_result import BlockResult, PortResult, RtpResult, merge_results, render_map
 from umprobe.probes.sip_options import TLSContextCache
 from umprobe.secretfile import MIN_SECRET_BYTES, read_secret
 from umprobe.targets import TargetError, parse_target
@@ -51,7 +51,6 @@ __all__ = [
 
 RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)  # seconds
 JSON_RTT_SAMPLES = 10_000  # a full --sweep collects ~1.6 million: the histogram carries them all
-_MAP_ROW = 16  # blocks per map line
 _LEGEND = "# all sampled ports reachable, ~ some, x none, u in use on the peer, . not sampled"
 
 _RTP_EPILOG = """\b
@@ -236,17 +235,6 @@ def _perfdata(report: RtpReport, t: RtpThresholds) -> str:
     parts.append(f"'reachable_ports'={tot.state_counts.get('reachable', 0)};;;0;{measured}")
     parts.append(f"'unreachable_blocks'={len(r.unreachable_blocks)};;1;0;{len(r.blocks)}")
     return " ".join(parts)
-
-
-def render_map(blocks: Sequence[BlockResult]) -> list[str]:
-    """The range as rows of one character per block, each row labelled with the ports it covers."""
-    rows = [blocks[i : i + _MAP_ROW] for i in range(0, len(blocks), _MAP_ROW)]
-    labels = [f"{row[0].lo}-{row[-1].hi}" for row in rows]
-    width = max((len(label) for label in labels), default=0)
-    return [
-        f"  {label.rjust(width)}  {''.join(b.symbol for b in row)}"
-        for label, row in zip(labels, rows, strict=True)
-    ]
 
 
 def _port_row(p: PortResult) -> tuple[str, ...]:

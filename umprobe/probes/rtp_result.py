@@ -39,6 +39,7 @@ __all__ = [
     "RtpTotals",
     "aggregate",
     "merge_results",
+    "render_map",
 ]
 
 PortState = Literal["reachable", "unreachable", "in_use", "refused", "not_measured"]
@@ -348,3 +349,17 @@ def merge_results(results: Sequence[RtpResult], blocks: Sequence[tuple[int, int]
         peer_dropped=dropped,
         duration=sum(r.duration for r in results),
     )
+
+
+_MAP_ROW = 16  # blocks per map line
+
+
+def render_map(blocks: Sequence[BlockResult]) -> list[str]:
+    """The range as rows of one character per block, each row labelled with the ports it covers."""
+    rows = [blocks[i : i + _MAP_ROW] for i in range(0, len(blocks), _MAP_ROW)]
+    labels = [f"{row[0].lo}-{row[-1].hi}" for row in rows]
+    width = max((len(label) for label in labels), default=0)
+    return [
+        f"  {label.rjust(width)}  {''.join(b.symbol for b in row)}"
+        for label, row in zip(labels, rows, strict=True)
+    ]
