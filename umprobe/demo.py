@@ -1,4 +1,4 @@
-"""`umprobe demo`: an Exchange UM server's SIP listeners on loopback, watched by the umprobe daemon.
+"""`umprobe demo`: a UM server's SIP listeners and an RTP echo peer on loopback, watched by the daemon.
 
 No Exchange, no root and nothing outside this package. The demo makes a throwaway CA, a server certificate
 and a client certificate in a temporary directory, binds one loopback listener per UM port of the
@@ -29,24 +29,28 @@ Stopping. The demo holds a signal receiver for SIGINT and SIGTERM from start-up 
 text), and the demo ends as soon as `serve` returns. `--duration` is a deadline on the demo's nursery,
 counted from when the daemon is up. Either way the final summary is printed after the nursery is done.
 
-The generated config, and what probes.toml cannot say yet. The call router is what a real deployment
-would write: an `exchange2016` profile target in Dual mode with `roles = ["call_router"]` and the ports
-moved with `call_router_tcp_port` / `call_router_tls_port`, so its probes carry `listener="call_router"`.
-A profile cannot move the UM service (5062/5063) or worker (5065-5068) ports (Exchange cannot either), so
-each of those demo listeners is a module target on its port with the transport it serves: their probes
-carry `listener="custom"` (what a module target is), every one is required (no "any worker port" group),
-and the extra label `component` (`call_router`, `um_service`, `um_worker`, on every demo target) says
-which UM listener a probe stands for. `--once` has no such limit: it builds the probe list from the
-profile directly, 12 probes, with the worker ports judged as groups.
+The generated config. The SIP part is what a real deployment would write for one server holding both
+roles: a single `exchange2016` profile target in Dual mode, 12 probes, the worker ports probed with both
+transports and judged as two groups (`um_worker_tcp`, `um_worker_tls`: healthy when any member answers).
+Because the lab's listeners are on loopback ports rather than 5060-5068, the target says where each is
+reached with `port_map = { 5060 = ..., 5062 = ..., ... }`, as one would for a server behind NAT or port
+forwarding; the probes keep their listener names, required flags and groups. The lab serves each worker
+port with one transport only, so four of the twelve probes find no listener: they show as "down,
+optional", and their groups are still up.
 
-RTP: the embedded reflector and an `[[rtp]]` target are not part of the daemon yet. The places where they
-go are marked "RTP:" below: start the reflector in `open_demo_lab` (and record it in `DemoLab`), append
-its target in `demo_config_text`, and add its rows in `_rtp_rows`.
+RTP. The lab also runs umprobe's echo peer (`serve_echo_peer`, the code of `umprobe peer`) on loopback,
+with a throwaway secret in the lab's directory, serving the small RTP range `DEMO_RTP_RANGE`; the config
+has an `[[rtp]]` entry for it, so the daemon sweeps that range one cycle per `DEMO_RTP_INTERVAL` and
+/metrics carries the `umprobe_rtp_*` series. The summary shows the peer's last run and its block map (every
+block as last sampled). The range lies below Linux's ephemeral port range, so the prober's own UDP
+sockets never take a port the peer is asked to open.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import secrets
 import signal
 import tempfile
 import time
@@ -59,12 +63,14 @@ from pathlib import Path
 import trio
 
 from umprobe.check import CheckItem, CheckReport, Thresholds, evaluate, run_check
-from umprobe.config import Config, parse_config
+from umprobe.config import Config, RtpProbeConfig, parse_config
 from umprobe.daemon import Daemon, lone_user_error
 from umprobe.devcerts import DevCA
 from umprobe.logs import configure_logging
 from umprobe.net.tls import TLSClientConfig, make_server_context
+from umprobe.peer.echo_peer import PeerConfig, serve_echo_peer
 from umprobe.peer.sip_responder import serve_sip_responder
+from umprobe.probes.rtp_result import render_map
 from umprobe.probes.sip_options import SipProbeSpec
 from umprobe.profiles import expand_profile
 from umprobe.store import ResultStore
@@ -73,6 +79,8 @@ __all__ = [
     "DEFAULT_LISTEN",
     "DEMO_INTERVAL",
     "DEMO_LAYOUT",
+    "DEMO_RTP_INTERVAL",
+    "DEMO_RTP_RANGE",
     "DEMO_SOURCE",
     "DEMO_TIMEOUT",
     "SUMMARY_EVERY",
@@ -94,6 +102,14 @@ _FALLBACK_LISTEN = "127.0.0.1:0"
 #: Seconds between two probes of a listener, and the deadline of one (loopback answers in milliseconds).
 DEMO_INTERVAL = 2.0
 DEMO_TIMEOUT = 1.5
+#: The echo peer's RTP range: 256 even ports in 64 blocks of four; 32 ports a run, a full sweep in 8 runs.
+DEMO_RTP_RANGE = (20000, 20511)
+#: Seconds between two RTP runs (one cycle of the sweep each); a run's deadline is derived from it.
+DEMO_RTP_INTERVAL = 10.0
+DEMO_RTP_PEER = "demo-mbx"
+_RTP_SAMPLES = 32
+_RTP_PACKETS = 5
+_RTP_CONCURRENCY = 8  # 8 ports x 50 packets/s: the demo's peer allows it (the default limit is 200/s)
 #: Seconds between two summary blocks of the live demo.
 SUMMARY_EVERY = 5.0
 #: The `source` of the generated config (in log lines and on the status page).
@@ -134,16 +150,17 @@ class DemoListener:
 
 @dataclass(frozen=True, slots=True)
 class DemoLab:
-    """The running lab: certificate files (in `directory`) and the SIP listeners."""
+    """The running lab: certificate files (in `directory`), the SIP listeners, and the echo peer: its
+    control address, its secret file (in `directory`) and the RTP range it serves."""
 
     directory: Path
     ca_file: Path
     client_cert: Path
     client_key: Path
     listeners: tuple[DemoListener, ...]
-    # RTP: the embedded reflector's control address and secret file go here, e.g.
-    #   reflector: tuple[str, int] | None = None
-    #   secret_file: Path | None = None
+    rtp_control: tuple[str, int]
+    secret_file: Path
+    rtp_range: tuple[int, int] = DEMO_RTP_RANGE
 
     def bound_port(self, exchange_port: int) -> int:
         return next(item.bound_port for item in self.listeners if item.port.exchange_port == exchange_port)
@@ -182,15 +199,40 @@ async def open_demo_lab() -> AsyncIterator[DemoLab]:
                         server_header=DEMO_SERVER_HEADER,
                     )
                 )
-            # RTP: start the embedded reflector here, e.g.
-            #   secret = secrets.token_bytes(32); write it to directory / "rtp.secret" (mode 0600)
-            #   peer = await nursery.start(partial(serve_echo_peer, PeerConfig(secret=secret,
-            #       listen_host=_HOST, media_host=_HOST, rtp_range=(a free even range))))
-            # and record peer.control[0] and the secret file in the DemoLab for demo_config_text.
+            secret_file = _write_secret(directory / "rtp.secret")
+            peer = await nursery.start(
+                partial(
+                    serve_echo_peer,
+                    PeerConfig(
+                        secret=secret_file.read_bytes().strip(),
+                        listen_host=_HOST,
+                        media_host=_HOST,
+                        rtp_range=DEMO_RTP_RANGE,
+                        rate_per_source=2000.0,
+                        rate_global=4000.0,
+                    ),
+                )
+            )
             try:
-                yield DemoLab(directory, ca_file, client_crt, client_key, tuple(listeners))
+                yield DemoLab(
+                    directory,
+                    ca_file,
+                    client_crt,
+                    client_key,
+                    tuple(listeners),
+                    rtp_control=peer.control[0],
+                    secret_file=secret_file,
+                )
             finally:
                 nursery.cancel_scope.cancel()
+
+
+def _write_secret(path: Path) -> Path:
+    """A fresh 32-byte secret (hex, one line) in a file only we can read, as `umprobe peer` wants it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(secrets.token_hex(32) + "\n")
+    return path
 
 
 # -- the generated probes.toml ---------------------------------------------------------------------------
@@ -207,13 +249,18 @@ def demo_config_text(
     timeout: float = DEMO_TIMEOUT,
     log_level: str = "warning",
 ) -> str:
-    """The probes.toml the live demo runs: the lab's listeners as an Exchange 2016 UM server in Dual mode.
+    """The probes.toml the live demo runs: the lab's listeners as an Exchange 2016 UM server in Dual mode,
+    and its echo peer as an [[rtp]] entry.
 
     File paths are relative to `lab.directory` (parse it with that as `base_dir`)."""
+    port_map = ", ".join(f"{item.port.exchange_port} = {item.bound_port}" for item in lab.listeners)
+    host, port = lab.rtp_control
+    lo, hi = lab.rtp_range
     out = [
         "# probes.toml of `umprobe demo`, generated in memory: an Exchange 2016 UM server in Dual mode whose",
-        "# listeners are on loopback ports (see the mapping above). Paths are relative to",
-        f"# {lab.directory}, which holds the throwaway CA and the probe's client certificate.",
+        "# listeners are on loopback ports (see the mapping above), and an umprobe echo peer next to it.",
+        f"# Paths are relative to {lab.directory}, which holds the throwaway CA, the probe's client",
+        "# certificate and the echo peer's secret.",
         "",
         "[defaults]",
         f"interval = {interval:g}",
@@ -232,35 +279,27 @@ def demo_config_text(
         "[log]",
         f"level = {_toml_str(log_level)}",
         "",
-        "# The call router: the profile, with its ports moved (as Set-UMCallRouterSettings can move them).",
+        "# Every UM listener of a server holding both roles, in Dual mode: 12 probes, the worker ports with",
+        "# both transports as two any-of groups. port_map: where each listener is reached (as behind NAT).",
         "[[targets]]",
         f"host = {_toml_str(_HOST)}",
         'profile = "exchange2016"',
         'um_mode = "dual"',
-        'roles = ["call_router"]',
-        f"call_router_tcp_port = {lab.bound_port(5060)}",
-        f"call_router_tls_port = {lab.bound_port(5061)}",
         'tls_module = "mtls"',
-        'labels = { component = "call_router" }',
-    ]
-    out += [
+        f"port_map = {{ {port_map} }}",
         "",
-        "# A profile cannot move the UM service and worker ports (Exchange cannot either): one module",
-        "# target per demo listener, with the transport it serves; `component` names the UM listener.",
+        f"# The echo peer next to the Mailbox server: its range {lo}-{hi}, {_RTP_SAMPLES} ports a run.",
+        "[[rtp]]",
+        f"peer = {_toml_str(f'{host}:{port}')}",
+        f"name = {_toml_str(DEMO_RTP_PEER)}",
+        f"secret_file = {_toml_str(lab.secret_file.name)}",
+        f'range = "{lo}-{hi}"',
+        f"samples = {_RTP_SAMPLES}",
+        f"packets = {_RTP_PACKETS}",
+        f"concurrency = {_RTP_CONCURRENCY}",
+        f"interval = {DEMO_RTP_INTERVAL:g}",
     ]
-    for item in lab.listeners:
-        if item.port.listener == "call_router":
-            continue
-        out += [
-            f"[[targets]]  # {item.port.component} {item.port.exchange_port}/{item.port.transport}",
-            f"host = {_toml_str(item.host)}",
-            f'module = "{"mtls" if item.port.transport == "tls" else "sip_tcp"}"',
-            f"port = {item.bound_port}",
-            f"labels = {{ component = {_toml_str(item.port.listener)} }}",
-            "",
-        ]
-    # RTP: append the reflector's [[rtp]] target here once the config has them.
-    return "\n".join(out).rstrip("\n") + "\n"
+    return "\n".join(out) + "\n"
 
 
 def demo_config(lab: DemoLab, text: str | None = None, *, log_level: str = "warning") -> Config:
@@ -328,35 +367,99 @@ def _table(rows: Sequence[Sequence[str]]) -> list[str]:
     return ["  " + "  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip() for row in rows]
 
 
+def _rtp_state(store: ResultStore, entry: RtpProbeConfig) -> tuple[str, str]:
+    """(STATE, what was found) of an RTP peer's last run, for the summary table."""
+    latest = store.rtp_latest(entry.id)
+    if latest is None:
+        return "waiting", "-"
+    if not latest.success:
+        return f"DOWN: {latest.reason.value}", "-"
+    counts = latest.totals.state_counts
+    reachable, measured = (
+        counts.get("reachable", 0),
+        counts.get("reachable", 0) + counts.get("unreachable", 0),
+    )
+    t = latest.totals
+    loss = "-" if t.loss_forward is None else f"{t.loss_forward * 100:.1f}%/{(t.loss_return or 0) * 100:.1f}%"
+    found = f"{reachable}/{measured} ports, rtt {_ms(t.rtt_p50)}, loss {loss}"
+    return ("up" if reachable == measured and measured else f"DOWN: {measured - reachable} silent"), found
+
+
 def _rtp_rows(store: ResultStore, now: float) -> list[tuple[str, ...]]:
-    """RTP: one row per [[rtp]] target (blocks open / closed, loss, RTT, jitter) once the daemon runs them."""
-    return []
+    """One row per [[rtp]] peer: its range, last run (reachable ports, RTT, loss fwd/ret), runs, failures."""
+    rows: list[tuple[str, ...]] = []
+    for entry in store.rtp_probes():
+        lo, hi = entry.spec.rtp_range
+        state, found = _rtp_state(store, entry)
+        stats = store.rtp_stats(entry.id)
+        runs = stats.runs if stats else 0
+        failed = sum(count for _, count in stats.failures) if stats else 0
+        recorded = store.rtp_recorded_at(entry.id)
+        last = _ago(now - recorded) if recorded is not None else "-"
+        rows.append(("RTP media", f"{lo}-{hi}/udp", entry.name, state, found, last, str(runs), str(failed)))
+    return rows
+
+
+def _rtp_maps(store: ResultStore) -> list[str]:
+    """Each peer's block map: every block of its range as last sampled (the map `umprobe rtp` prints)."""
+    lines: list[str] = []
+    for entry in store.rtp_probes():
+        blocks = store.rtp_known_blocks(entry.id)
+        sampled = sum(1 for block in blocks if block.sampled)
+        lines.append(
+            f"  RTP blocks of {entry.name}, {sampled} of {len(blocks)} sampled so far"
+            " (# every sampled port answered, ~ some, x none, . not sampled yet):"
+        )
+        lines += ["  " + line for line in render_map(blocks)]
+    return lines
+
+
+def _rtp_headline(store: ResultStore) -> str:
+    entries = store.rtp_probes()
+    if not entries:
+        return ""
+    blocks = [block for entry in entries for block in store.rtp_known_blocks(entry.id) if block.sampled]
+    if not blocks:
+        return "; RTP waiting"
+    good = sum(1 for block in blocks if block.reachable == block.measured)
+    return f"; RTP {good}/{len(blocks)} sampled blocks reachable"
 
 
 def render_summary(lab: DemoLab, store: ResultStore, *, title: str, now: float | None = None) -> str:
-    """One compact block: a headline, then per listener the Exchange port it stands for, its `probe` label,
-    its state, the last SIP answer and how long it took, when it last ran, and its runs and failures."""
+    """One compact block: a headline, then per probe the Exchange port it stands for, its `probe` label,
+    its state, the last SIP answer and how long it took, when it last ran, and its runs and failures; then
+    the RTP peer's row and its block map.
+
+    The headline counts the lab's listeners: one is up when the probe with its port and transport is. The
+    profile's worker probes with the other transport find no listener here: "down, optional"."""
     now = time.time() if now is None else now
     probes = store.probes()
     rows: list[tuple[str, ...]] = [
-        ("LISTENER", "STANDS FOR", "PROBE", "STATE", "SIP", "LAST RUN", "RUNS", "FAILED")
+        ("LISTENER", "STANDS FOR", "PROBE", "STATE", "SIP / RTP", "LAST RUN", "RUNS", "FAILED")
     ]
-    up = total_runs = total_failed = 0
+    up = total_runs = total_failed = optional_failed = 0
     for probe in probes:
         item = lab.listener_on(probe.spec.port)
         component = item.port.component if item else probe.spec.listener
         stands_for = f"{item.port.exchange_port}/{probe.spec.transport}" if item else "-"
+        served = item is not None and item.port.transport == probe.spec.transport
         stats = store.address_stats(probe.id)
         runs = sum(s.runs for s in stats)
         failed = sum(count for s in stats for _, count in s.failures)
         total_runs += runs
         total_failed += failed
+        optional_failed += 0 if probe.required else failed
         latest = store.latest(probe.id)
         state, sip, last = "waiting", "-", "-"
         if latest:
             bad = [r for r in latest if not r.success]
-            state = f"DOWN: {bad[0].reason.value}" if bad else "up"
-            up += 0 if bad else 1
+            if not bad:
+                state = "up"
+            elif probe.required:
+                state = f"DOWN: {bad[0].reason.value}"
+            else:
+                state = f"down, optional: {bad[0].reason.value}"
+            up += 1 if served and not bad else 0
             shown = bad[0] if bad else latest[0]
             if shown.status_code is not None:
                 sip = f"{shown.status_code} in {_ms(shown.timings.sip)}"
@@ -365,10 +468,12 @@ def render_summary(lab: DemoLab, store: ResultStore, *, title: str, now: float |
                 last = _ago(now - recorded)
         rows.append((component, stands_for, probe.name, state, sip, last, str(runs), str(failed)))
     rows += _rtp_rows(store, now)
+    optional = f", {optional_failed} of them optional" if optional_failed else ""
     headline = (
-        f"{title}: {up} of {len(probes)} SIP listeners up ({total_runs} probes run, {total_failed} failed)"
+        f"{title}: {up} of {len(lab.listeners)} SIP listeners up"
+        f" ({total_runs} probes run, {total_failed} failed{optional}){_rtp_headline(store)}"
     )
-    return "\n".join([headline, *_table(rows)])
+    return "\n".join([headline, *_table(rows), *_rtp_maps(store)])
 
 
 def _print(text: str) -> None:
@@ -490,12 +595,22 @@ def _say_header(
     if note:
         say(f"  ({note})")
     say(f"  try          curl -s http://{_hostport(*bound[0])}/metrics | grep ^umprobe_probe_success")
+    say(f"               curl -s http://{_hostport(*bound[0])}/metrics | grep ^umprobe_rtp_block")
     say(f"  SIP listeners (plain TCP, and mutual TLS with a throwaway CA in {lab.directory}):")
     for line in _mapping_lines(lab):
         say("  " + line)
+    lo, hi = lab.rtp_range
+    say(
+        f"  RTP echo peer: control {_hostport(*lab.rtp_control)}, media {lo}-{hi}/udp on {_HOST},"
+        f" secret {lab.secret_file}"
+    )
     stop = f"stops after {duration:g}s or on Ctrl-C" if duration is not None else "Ctrl-C stops it"
-    say(f"  every listener is probed every {DEMO_INTERVAL:g}s; a summary every {SUMMARY_EVERY:g}s; {stop}")
+    sweep = (hi - lo + 2) // 2 // _RTP_SAMPLES
+    say(
+        f"  every listener is probed every {DEMO_INTERVAL:g}s, {_RTP_SAMPLES} RTP ports every"
+        f" {DEMO_RTP_INTERVAL:g}s (the whole range in {sweep * DEMO_RTP_INTERVAL:g}s);"
+        f" a summary every {SUMMARY_EVERY:g}s; {stop}"
+    )
     if config_text is not None:
         say("")
         say(config_text.rstrip("\n"))
-    # RTP: say where the reflector listens and which port range it serves.
