@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -59,30 +59,29 @@ WAIT = 15.0  # upper bound of any single wait for the daemon, in seconds
 # -- peers ---------------------------------------------------------------------------------------------
 
 
-class Responders:
-    """umprobe's SIP OPTIONS responder on N loopback ports, in a trio loop on a background thread."""
+class BackgroundService:
+    """A trio service (`serve(task_status=...)` style) in its own trio loop on a background thread.
 
-    def __init__(self, count: int, *, tls_context: SSL.Context | None = None) -> None:
-        self.count = count
-        self.tls_context = tls_context
-        self.ports: list[int] = []
+    `start()` returns what the service passed to `task_status.started()`; `stop()` cancels it and checks the
+    thread did not die early. The daemon under test is a subprocess, so its peers need a loop of their own.
+    """
+
+    def __init__(self, name: str, serve: Callable[..., Awaitable[object]]) -> None:
+        self.name = name
+        self._serve = serve
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.Event | None = None
         self._error: BaseException | None = None
 
-    def start(self) -> list[int]:
-        ready: queue.Queue[list[int] | BaseException] = queue.Queue()
+    def start(self) -> Any:
+        ready: queue.Queue[Any] = queue.Queue()
 
         async def main() -> None:
-            listeners: list[trio.SocketListener] = []
-            for _ in range(self.count):
-                listeners += await trio.open_tcp_listeners(0, host="127.0.0.1")
             self._token = trio.lowlevel.current_trio_token()
             self._stop = trio.Event()
             async with trio.open_nursery() as nursery:
-                await nursery.start(partial(serve_sip_responder, listeners, tls_context=self.tls_context))
-                ready.put([listener.socket.getsockname()[1] for listener in listeners])
+                ready.put(await nursery.start(self._serve))
                 await self._stop.wait()
                 nursery.cancel_scope.cancel()
 
@@ -93,57 +92,7 @@ class Responders:
                 self._error = exc
                 ready.put(exc)
 
-        self._thread = threading.Thread(target=thread_main, name="sip-responders", daemon=True)
-        self._thread.start()
-        got = ready.get(timeout=10)
-        if isinstance(got, BaseException):
-            raise got
-        self.ports = got
-        return got
-
-    def stop(self) -> None:
-        if self._thread is None:
-            return
-        if not self._thread.is_alive():
-            raise AssertionError(f"the {self._thread.name} thread ended early: {self._error!r}")
-        if self._token is not None and self._stop is not None:
-            trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
-        self._thread.join(timeout=10)
-        assert not self._thread.is_alive()
-
-
-class EchoPeer:
-    """umprobe's echo peer (`serve_echo_peer`, as `umprobe peer` runs it) on 127.0.0.1, in a trio loop on a
-    background thread."""
-
-    def __init__(self, config: PeerConfig) -> None:
-        self.config = config
-        self._thread: threading.Thread | None = None
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._stop: trio.Event | None = None
-        self._error: BaseException | None = None
-
-    def start(self) -> int:
-        """Start it; return its control port."""
-        ready: queue.Queue[int | BaseException] = queue.Queue()
-
-        async def main() -> None:
-            self._token = trio.lowlevel.current_trio_token()
-            self._stop = trio.Event()
-            async with trio.open_nursery() as nursery:
-                running = await nursery.start(partial(serve_echo_peer, self.config))
-                ready.put(running.control[0][1])
-                await self._stop.wait()
-                nursery.cancel_scope.cancel()
-
-        def thread_main() -> None:
-            try:
-                trio.run(main)
-            except BaseException as exc:  # pragma: no cover - reported to start() or stop()
-                self._error = exc
-                ready.put(exc)
-
-        self._thread = threading.Thread(target=thread_main, name="echo-peer", daemon=True)
+        self._thread = threading.Thread(target=thread_main, name=self.name, daemon=True)
         self._thread.start()
         got = ready.get(timeout=10)
         if isinstance(got, BaseException):
@@ -159,11 +108,38 @@ class EchoPeer:
             trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
         self._thread.join(timeout=10)
         assert not self._thread.is_alive()
+
+
+def sip_responders(count: int, *, tls_context: SSL.Context | None = None) -> BackgroundService:
+    """umprobe's SIP OPTIONS responder on `count` loopback ports; `start()` returns the ports."""
+
+    async def serve(task_status: trio.TaskStatus[list[int]]) -> None:
+        listeners: list[trio.SocketListener] = []
+        for _ in range(count):
+            listeners += await trio.open_tcp_listeners(0, host="127.0.0.1")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(serve_sip_responder, listeners, tls_context=tls_context))
+            task_status.started([listener.socket.getsockname()[1] for listener in listeners])
+            await trio.sleep_forever()
+
+    return BackgroundService("sip-responders", serve)
+
+
+def echo_peer(config: PeerConfig) -> BackgroundService:
+    """umprobe's echo peer, as `umprobe peer` runs it; `start()` returns its control port."""
+
+    async def serve(task_status: trio.TaskStatus[int]) -> None:
+        async with trio.open_nursery() as nursery:
+            running = await nursery.start(partial(serve_echo_peer, config))
+            task_status.started(running.control[0][1])
+            await trio.sleep_forever()
+
+    return BackgroundService("echo-peer", serve)
 
 
 @pytest.fixture
 def responders() -> Iterator[list[int]]:
-    peers = Responders(3)
+    peers = sip_responders(3)
     try:
         yield peers.start()
     finally:
@@ -423,7 +399,7 @@ def test_reload_reads_replaced_certificate_files(
     server_ctx = make_server_context(
         cert_file=str(server_crt), key_file=str(server_key), ca_file=str(ca_file), require_client_cert=True
     )
-    peers = Responders(1, tls_context=server_ctx)
+    peers = sip_responders(1, tls_context=server_ctx)
     (port,) = peers.start()
     try:
         config = tmp_path / "probes.toml"
@@ -464,7 +440,7 @@ def test_rtp_target_is_swept_and_exported(
     secret = tmp_path / "peer.secret"
     secret.write_text("the peer and the prober share this one\n")
     secret.chmod(0o600)
-    peer = EchoPeer(
+    peer = echo_peer(
         PeerConfig(
             secret=secret.read_bytes().strip(),
             listen_host="127.0.0.1",
