@@ -20,7 +20,7 @@ import trio
 
 from umprobe.net.errors import ResolveError
 
-__all__ = ["FAMILIES", "Family", "ResolvedAddress", "resolve"]
+__all__ = ["FAMILIES", "Family", "ResolvedAddress", "ip_literal", "resolve"]
 
 Family = Literal["ipv4", "ipv6"]
 FAMILIES: tuple[Family, ...] = ("ipv4", "ipv6")
@@ -36,7 +36,8 @@ class ResolvedAddress:
     family: Family
 
 
-def _literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address if `host` is an IP literal (IPv6 with or without brackets), else None."""
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
         return ipaddress.ip_address(bare)
@@ -59,7 +60,7 @@ async def resolve(host: str, port: int, *, families: Collection[str] = FAMILIES)
     if unknown or not families:
         raise ValueError(f"families must be a non-empty subset of {FAMILIES}, got {sorted(families)}")
 
-    literal = _literal(host)
+    literal = ip_literal(host)
     if literal is not None:
         await trio.lowlevel.checkpoint()
         family: Family = "ipv4" if literal.version == 4 else "ipv6"

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from OpenSSL import SSL, crypto
 
 from umprobe.net.errors import ConnectionClosed, NetError, TLSConfigError, TLSError, TLSErrorKind
+from umprobe.net.resolve import ip_literal
 
 __all__ = [
     "TLS_VERSIONS",
@@ -235,14 +235,6 @@ def load_cert_info(path: str) -> CertInfo:
     return cert_info(cert)
 
 
-def _ip_literal(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
-    try:
-        return ipaddress.ip_address(bare)
-    except ValueError:
-        return None
-
-
 def _dns_pattern_matches(pattern: str, name: str) -> bool:
     """RFC 6125 §6.4: case-insensitive; ``*`` only as the whole left-most label, matching one label."""
     pattern = pattern.rstrip(".").lower()
@@ -272,7 +264,7 @@ def hostname_matches(cert: x509.Certificate, name: str) -> bool:
     RFC 5922 §7 (SIP: prefer ``URI:sip:`` SANs, no wildcards) is a stricter policy that would be added here
     as a keyword flag choosing the candidate list; the default stays the RFC 6125 behaviour above.
     """
-    ip = _ip_literal(name)
+    ip = ip_literal(name)
     san = _san_extension(cert)
     if ip is not None:
         if san is None:
@@ -749,7 +741,7 @@ class TLSStream(trio.abc.Stream):
         else:
             conn.set_connect_state()
             conn.set_info_callback(_record_info)
-            if server_hostname is not None and _ip_literal(server_hostname) is None:
+            if server_hostname is not None and ip_literal(server_hostname) is None:
                 # RFC 6066 §3: SNI carries the A-label form of a DNS name, without a trailing dot.
                 conn.set_tlsext_host_name(server_hostname.rstrip(".").encode("idna"))
         self._conn = conn

@@ -23,7 +23,6 @@ response has been read over it.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -39,7 +38,7 @@ from umprobe.net.errors import (
     ResolveError,
     TLSError,
 )
-from umprobe.net.resolve import ResolvedAddress, resolve
+from umprobe.net.resolve import ResolvedAddress, ip_literal, resolve
 from umprobe.net.tcp import open_tcp
 from umprobe.net.tls import CertInfo, TLSClientConfig, TLSInfo, TLSStream, load_cert_info, make_client_context
 from umprobe.probes.result import Phase, ProbeResult, Reason, Timings, TranscriptEntry
@@ -243,7 +242,7 @@ async def _exchange(
         )
         if ctx is not None:
             run.phase = Phase.TLS
-            sni = spec.server_name or (None if _is_ip(spec.host) else spec.host.strip("[]"))
+            sni = spec.server_name or (None if ip_literal(spec.host) else spec.host.strip("[]"))
             tls_stream = TLSStream(
                 tcp,
                 ctx,
@@ -399,14 +398,6 @@ def _describe_tls(info: TLSInfo) -> str:
     if info.verify_error:
         text += f" ({info.verify_error})"
     return text
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
 
 
 def _hostport(host: str, port: int) -> str:
