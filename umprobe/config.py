@@ -59,6 +59,7 @@ from umprobe.probes.rtp import RtpProbeSpec, estimate_seconds
 from umprobe.probes.sip_options import SipProbeSpec
 from umprobe.profiles import PROFILES, UM_MODES, ListenerSpec, expand_profile
 from umprobe.secretfile import read_secret
+from umprobe.shard import valid_vantage
 from umprobe.sip import DEFAULT_ACCEPT, parse_accept_status
 from umprobe.targets import TargetError, parse_target
 
@@ -147,7 +148,7 @@ KNOWN_KEYS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
         "modules.NAME": MODULE_KEYS,
         "targets": TARGET_KEYS,
         "rtp": RTP_KEYS,
-        "exporter": frozenset({"listen", "probe_allow"}),
+        "exporter": frozenset({"listen", "probe_allow", "vantage"}),
         "scheduler": frozenset({"max_concurrency"}),
         "log": frozenset({"format", "level"}),
     }
@@ -298,6 +299,7 @@ class ExporterConfig:
 
     listen: str = _DEFAULT_LISTEN
     probe_allow: tuple[str, ...] = ()  # () = only hosts in [[targets]]; "*" = any; else CIDRs or host names
+    vantage: str | None = None  # the site this daemon probes from: a `vantage` label on every probe series
 
 
 @dataclass(frozen=True, slots=True)
@@ -1419,7 +1421,16 @@ class _Builder:
                 if not isinstance(item, str) or not _valid_allow(item):
                     r.fail(path, f'{_render(item)} is not "*", a CIDR (10.0.0.0/8) or a host name', raw)
                 allow.append(item)
-        return ExporterConfig(listen=listen, probe_allow=tuple(allow))
+        vantage: str | None = None
+        if "vantage" in table:
+            vantage = r.string(table["vantage"], ("exporter", "vantage"))
+            if not valid_vantage(vantage):
+                r.fail(
+                    ("exporter", "vantage"),
+                    "must be 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit",
+                    vantage,
+                )
+        return ExporterConfig(listen=listen, probe_allow=tuple(allow), vantage=vantage)
 
     def _scheduler(self) -> SchedulerConfig:
         table = self._section("scheduler")

@@ -56,6 +56,7 @@ from umprobe.exporter import serve_exporter
 from umprobe.logs import LogFormat, configure_logging, log_event
 from umprobe.probes.sip_options import TLSContextCache
 from umprobe.scheduler import Scheduler
+from umprobe.shard import ALL, Shard
 from umprobe.store import ResultStore
 
 __all__ = ["Daemon", "lone_user_error", "run_daemon"]
@@ -82,9 +83,12 @@ class Daemon:
         listen: str,
         log_format: LogFormat | None = None,
         load: Callable[[], Config] | None = None,
+        shard: Shard = ALL,
+        vantage: str | None = None,
     ) -> None:
         """`load` reads the config again on a reload (default: `load_config(config_path)`); a daemon
-        without a file (`config_path=None`) must give one."""
+        without a file (`config_path=None`) must give one. `shard` picks this daemon's share of the
+        config's jobs (all of them by default); `vantage` labels every per-probe series."""
         if load is None:
             if config_path is None:
                 raise ValueError("a Daemon needs a config_path or a load function")
@@ -98,6 +102,8 @@ class Daemon:
         self._log_format = log_format
         self._load = load
         self._lock = trio.Lock()
+        self.shard = shard
+        self.vantage = vantage
 
     @classmethod
     def from_config(
@@ -108,16 +114,19 @@ class Daemon:
         config_path: Path | None = None,
         load: Callable[[], Config] | None = None,
         log_format: LogFormat | None = None,
+        shard: Shard = ALL,
+        vantage: str | None = None,
     ) -> Daemon:
-        """A daemon for `config` with a fresh store and scheduler, ready to `serve`."""
+        """A daemon for `config` (its `shard` of it) with a fresh store and scheduler, ready to `serve`.
+        `vantage` (default: the config's `exporter.vantage`) labels every per-probe series."""
         store = ResultStore()
-        store.set_probes(config.probes)
-        store.set_rtp(config.rtp)
+        store.set_probes(shard.select(config.probes))
+        store.set_rtp(shard.select(config.rtp))
         store.set_reload(success=True, at=time.time())
         scheduler = Scheduler(
             store, max_concurrency=config.scheduler.max_concurrency, contexts=TLSContextCache()
         )
-        scheduler.update(config.jobs)
+        scheduler.update(shard.select(config.jobs))
         return cls(
             config_path,
             config,
@@ -126,6 +135,8 @@ class Daemon:
             listen=listen,
             log_format=log_format,
             load=load,
+            shard=shard,
+            vantage=vantage if vantage is not None else config.exporter.vantage,
         )
 
     @property
@@ -151,9 +162,9 @@ class Daemon:
             return self._reject(source, f"{type(exc).__name__}: {exc}", exc)
         old = self.config
         self.scheduler.contexts.clear()
-        self.store.set_probes(new.probes)
-        self.store.set_rtp(new.rtp)
-        summary = self.scheduler.update(new.jobs)
+        self.store.set_probes(self.shard.select(new.probes))
+        self.store.set_rtp(self.shard.select(new.rtp))
+        summary = self.scheduler.update(self.shard.select(new.jobs))
         self.scheduler.max_concurrency = new.scheduler.max_concurrency
         if new.log != old.log:
             configure_logging(fmt=self._log_format or new.log.format, level=new.log.level)
@@ -165,8 +176,8 @@ class Daemon:
             "config reloaded",
             source=source,
             config=self.source,
-            probes=len(new.probes),
-            rtp_peers=len(new.rtp),
+            probes=len(self.shard.select(new.probes)),
+            rtp_peers=len(self.shard.select(new.rtp)),
             added=len(summary.added),
             removed=len(summary.removed),
             changed=len(summary.changed),
@@ -179,6 +190,14 @@ class Daemon:
                 "exporter.listen changed; restart umprobe to listen there",
                 listening=self.listen,
                 wanted=new.exporter.listen,
+            )
+        if new.exporter.vantage != old.exporter.vantage and self.vantage == old.exporter.vantage:
+            log_event(
+                _log,
+                logging.WARNING,
+                "exporter.vantage changed; restart umprobe to label series with it",
+                vantage=self.vantage or "",
+                wanted=new.exporter.vantage or "",
             )
         for what, ids in (
             ("added", summary.added),
@@ -217,6 +236,7 @@ class Daemon:
                         self.store,
                         get_config=self.get_config,
                         reload=self.reload,
+                        vantage=self.vantage,
                     )
                 )
                 self.bound = bound
@@ -227,9 +247,11 @@ class Daemon:
                     "umprobe running",
                     config=self.source,
                     listen=" ".join(_hostport(str(h), int(p)) for h, p in bound),
-                    probes=len(self.config.probes),
-                    rtp_peers=len(self.config.rtp),
+                    probes=len(self.shard.select(self.config.probes)),
+                    rtp_peers=len(self.shard.select(self.config.rtp)),
                     max_concurrency=self.scheduler.max_concurrency,
+                    shard=str(self.shard),
+                    vantage=self.vantage or "",
                 )
                 task_status.started(bound)
                 async for signum in signals:
@@ -256,16 +278,28 @@ def lone_user_error(group: BaseExceptionGroup[BaseException]) -> UserError | Non
     return leaves[0] if len(leaves) == 1 and isinstance(leaves[0], UserError) else None
 
 
-async def run_daemon(config_path: Path, *, listen: str | None, log_format: str | None) -> None:
+async def run_daemon(
+    config_path: Path,
+    *,
+    listen: str | None,
+    log_format: str | None,
+    shard: Shard = ALL,
+    vantage: str | None = None,
+) -> None:
     """Run `umprobe run` until SIGTERM/SIGINT. Raises `UserError` (one line, exit 3) for a bad config or an
-    exporter address that cannot be bound."""
+    exporter address that cannot be bound. `shard` and `vantage` (the command line's) win over the file."""
     if log_format not in (None, "text", "json"):
         raise UserError(f"--log-format must be text or json, not {log_format!r}")
     fmt = cast("LogFormat | None", log_format)
     config = load_config(config_path)
     configure_logging(fmt=fmt or config.log.format, level=config.log.level)
     daemon = Daemon.from_config(
-        config, listen=listen or config.exporter.listen, config_path=config_path, log_format=fmt
+        config,
+        listen=listen or config.exporter.listen,
+        config_path=config_path,
+        log_format=fmt,
+        shard=shard,
+        vantage=vantage,
     )
     try:
         await daemon.serve()

@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 import trio
 
+from umprobe.shard import ALL, Shard, parse_shard, valid_vantage
+
 __all__ = ["run_command"]
 
 _RUN_EPILOG = """\b
@@ -50,6 +52,12 @@ Examples:
   (systemd: ExecReload=/bin/kill -HUP $MAINPID, then `systemctl reload umprobe`)
 
 \b
+Several daemons, several sites (docs/scale-out.md):
+  umprobe run -c probes.toml --shard 1/2      two daemons split one config;
+  umprobe run -c probes.toml --shard 2/2      every probe runs on exactly one
+  umprobe run -c probes.toml --vantage dublin label every series with the site
+
+\b
 Exit codes: 0 stopped by a signal; 3 the config is invalid or the HTTP address
 cannot be bound (one line on stderr says which).
 """
@@ -64,6 +72,23 @@ def _check_listen(_ctx: click.Context, _param: click.Parameter, value: str | Non
         parse_listen(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _check_shard(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Shard:
+    if value is None:
+        return ALL
+    try:
+        return parse_shard(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _check_vantage(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not valid_vantage(value):
+        raise click.BadParameter(
+            f"{value!r}: use 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )
     return value
 
 
@@ -89,7 +114,25 @@ def _check_listen(_ctx: click.Context, _param: click.Parameter, value: str | Non
     type=click.Choice(["text", "json"]),
     help="text: logfmt key=value lines; json: one JSON object per line. [default: the config's log.format]",
 )
-def run_command(config_path: Path, listen: str | None, log_format: str | None) -> None:
+@click.option(
+    "--shard",
+    metavar="K/N",
+    envvar="UMPROBE_SHARD",
+    callback=_check_shard,
+    help="Run only shard K of N (1 <= K <= N): the probes whose id hashes to K. N daemons with 1/N .. N/N "
+    "share one config without overlap. [env: UMPROBE_SHARD; default: 1/1, everything]",
+)
+@click.option(
+    "--vantage",
+    metavar="NAME",
+    envvar="UMPROBE_VANTAGE",
+    callback=_check_vantage,
+    help="The site this daemon probes from: a `vantage` label on every probe series, so several sites can "
+    "feed one Prometheus. [env: UMPROBE_VANTAGE; default: the config's exporter.vantage, else none]",
+)
+def run_command(
+    config_path: Path, listen: str | None, log_format: str | None, shard: Shard, vantage: str | None
+) -> None:
     """Run the prober: probe every configured SIP listener on a schedule and serve the results.
 
     Reads FILE (see `umprobe config check`), sends SIP OPTIONS to every listener it lists, over TCP and
@@ -97,4 +140,6 @@ def run_command(config_path: Path, listen: str | None, log_format: str | None) -
     """
     from umprobe.daemon import run_daemon
 
-    trio.run(lambda: run_daemon(config_path, listen=listen, log_format=log_format))
+    trio.run(
+        lambda: run_daemon(config_path, listen=listen, log_format=log_format, shard=shard, vantage=vantage)
+    )
