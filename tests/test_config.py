@@ -70,7 +70,7 @@ TARGET = '[[targets]]\nhost = "cas01.contoso.local"\nmodule = "sip_tcp"\n'
 def test_empty_file_is_a_valid_config_with_builtins() -> None:
     config = parse("")
     assert config.probes == ()
-    assert set(config.modules) == {"sip_tcp", "sip_tls"}
+    assert set(config.modules) == {"sip_tcp", "sip_tls", "sip_udp"}
     tcp, tls = config.modules["sip_tcp"], config.modules["sip_tls"]
     assert (tcp.transport, tcp.tls, tcp.default_port) == ("tcp", None, 5060)
     assert (tls.transport, tls.default_port) == ("tls", 5061)
@@ -417,7 +417,12 @@ ERRORS = [
         "defaults.accept_status = [200, 99]",
         "not a final status",
     ),
-    ('[defaults]\ntransport = "udp"\n', 2, 'defaults.transport = "udp"', 'must be one of "tcp", "tls"'),
+    (
+        '[defaults]\ntransport = "sctp"\n',
+        2,
+        'defaults.transport = "sctp"',
+        'must be one of "tcp", "tls", "udp"',
+    ),
     ("[defaults]\nmin_tls = 1.2\n", 2, "defaults.min_tls = 1.2", 'quote the version, e.g. "1.2"'),
     ('[defaults]\nmax_tls = "1.4"\n', 2, 'defaults.max_tls = "1.4"', 'must be one of "1.0"'),
     ('[defaults]\nserver_name = "a b"\n', 2, 'defaults.server_name = "a b"', "host name or an IP"),
@@ -484,7 +489,7 @@ ERRORS = [
         '[modules.mtls]\ntransport = "tls"\n[[targets]]\nhost = "a"\nmodule = "mtsl"\n',
         5,
         'targets[0].module = "mtsl"',
-        'unknown module; did you mean "mtls"? (defined: mtls, sip_tcp, sip_tls)',
+        'unknown module; did you mean "mtls"? (defined: mtls, sip_tcp, sip_tls, sip_udp)',
     ),
     (
         '[[targets]]\nhost = "a"\nprofile = "exchange2019"\n',
@@ -1004,7 +1009,8 @@ def test_main_config_check_exit_codes(
     out, err = capsys.readouterr()
     assert out == ""
     assert err == (
-        f'umprobe: error: {bad}:3: targets[0].module = "mtsl": unknown module (defined: sip_tcp, sip_tls)\n'
+        f'umprobe: error: {bad}:3: targets[0].module = "mtsl": unknown module'
+        " (defined: sip_tcp, sip_tls, sip_udp)\n"
     )
     assert "Traceback" not in err
 

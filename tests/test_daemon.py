@@ -43,15 +43,8 @@ from umprobe.probes.sip_options import TLSContextCache
 from umprobe.scheduler import Scheduler
 from umprobe.store import ResultStore
 
-# `umprobe.cli.main` with `run` added if the CLI does not have it yet.
-RUNNER = """\
-import sys
-from umprobe.cli import cli, main
-if "run" not in cli.commands:
-    from umprobe.commands.run_cmd import run_command
-    cli.add_command(run_command)
-main(sys.argv[1:])
-"""
+# `umprobe.cli.main`, the real entry point (one-line errors, exit codes).
+RUNNER = "import sys\nfrom umprobe.cli import main\nmain(sys.argv[1:])\n"
 
 WAIT = 15.0  # upper bound of any single wait for the daemon, in seconds
 
@@ -146,7 +139,50 @@ def responders() -> Iterator[list[int]]:
         peers.stop()
 
 
-class UmprobeProcess:
+class JsonLogRecords:
+    """The JSON log lines a daemon subprocess wrote, for classes that collect them into `self.lines` under
+    `self._cond` (a reader thread appends and notifies) and have `proc` and `log()`."""
+
+    lines: list[str]
+    _cond: threading.Condition
+    proc: subprocess.Popen[str]
+
+    def log(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The JSON log records so far (lines that are not JSON are skipped)."""
+        out = []
+        with self._cond:
+            lines = list(self.lines)
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                out.append(record)
+        return out
+
+    def wait_for_record(
+        self, match: Callable[[dict[str, Any]], bool], timeout: float = WAIT
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for record in self.records():
+                if match(record):
+                    return record
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                raise AssertionError(
+                    f"no such log record; rc={self.proc.poll()}; log:\n" + self.log()[-6000:]
+                )
+            with self._cond:
+                self._cond.wait(min(left, 0.2))
+
+
+class UmprobeProcess(JsonLogRecords):
     """One `umprobe run` subprocess: its log lines (stderr) collected by a reader thread."""
 
     def __init__(self, args: list[str]) -> None:
@@ -173,42 +209,10 @@ class UmprobeProcess:
         with self._cond:
             self._cond.notify_all()
 
-    def records(self) -> list[dict[str, Any]]:
-        """The JSON log records so far (lines that are not JSON are skipped)."""
-        out = []
-        with self._cond:
-            lines = list(self.lines)
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                out.append(record)
-        return out
-
-    def wait_for_record(
-        self, match: Callable[[dict[str, Any]], bool], timeout: float = WAIT
-    ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            for record in self.records():
-                if match(record):
-                    return record
-            left = deadline - time.monotonic()
-            if left <= 0 or self.proc.poll() is not None:
-                raise AssertionError(f"no such log record; rc={self.proc.poll()}; log:\n" + self.log())
-            with self._cond:
-                self._cond.wait(min(left, 0.2))
-
     def wait_running(self) -> str:
         record = self.wait_for_record(lambda r: r.get("msg") == "umprobe running")
         self.base_url = "http://" + str(record["listen"]).split()[0]
         return self.base_url
-
-    def log(self) -> str:
-        with self._cond:
-            return "\n".join(self.lines)
 
     def get(self, path: str) -> tuple[int, str]:
         try:
@@ -547,7 +551,7 @@ def test_sigint_stops_cleanly_and_text_logs_are_logfmt(
     assert "Traceback" not in umprobe.log()
 
 
-def test_port_in_use_is_one_line_and_exit_3(
+def test_port_in_use_is_one_line_and_exit_4(
     tmp_path: Path, responders: list[int], start_umprobe: Callable[..., UmprobeProcess]
 ) -> None:
     config = write_config(tmp_path / "probes.toml", responders[:1])
@@ -558,7 +562,7 @@ def test_port_in_use_is_one_line_and_exit_3(
         umprobe = start_umprobe("-c", str(config), "--listen", f"127.0.0.1:{port}")
         rc = umprobe.proc.wait(timeout=WAIT)
     umprobe.kill()
-    assert rc == 3
+    assert rc == 4  # not 3: see tests/test_faults.py
     assert len(umprobe.lines) == 1, umprobe.log()
     assert umprobe.lines[0].startswith("umprobe: error: ")
     assert f"127.0.0.1:{port}" in umprobe.lines[0]

@@ -468,6 +468,7 @@ def test_label_sets() -> None:
     extra = {
         "umprobe_probe_duration_seconds": {"phase"},
         "umprobe_probe_failures_total": {"reason"},
+        "umprobe_listener_transitions_total": {"to"},
         "umprobe_tls_version_info": {"version"},
         "umprobe_sip_response_seconds": {"le"},
     }

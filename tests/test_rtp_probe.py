@@ -41,14 +41,8 @@ SECRET = b"rtp-probe-test-secret-0123456789"
 RANGE = (26000, 26127)  # 64 even ports, below the ephemeral range (32768+) so no client socket holds one
 HARD_CAP = 30  # seconds: no test may hang longer, whatever the code under test does
 
-# `umprobe rtp` through the real `main()` (one-line errors, exit 3), whether or not cli.py wires it in yet.
-_CLI = (
-    "from umprobe.cli import cli, main\n"
-    "from umprobe.commands.rtp_cmd import rtp_command\n"
-    "if 'rtp' not in cli.commands:\n"
-    "    cli.add_command(rtp_command)\n"
-    "main()\n"
-)
+# `umprobe rtp` through the real `main()` (one-line errors, exit 3).
+_CLI = "from umprobe.cli import main\nmain()\n"
 
 JSON_KEYS = {
     "status",

@@ -21,6 +21,7 @@ from umprobe.targets import Target, TargetError, parse_target
         ("sip:cas01:5060;transport=TCP", Target("cas01", 5060, "tcp", "sip")),
         ("SIPS:umprobe@cas01", Target("cas01", None, "tls", "sips")),
         ("sip:[::1]:5062;transport=tcp;lr", Target("::1", 5062, "tcp", "sip")),
+        ("sip:cas01;transport=UDP", Target("cas01", None, "udp", "sip")),
     ],
 )
 def test_accepted_shapes(text: str, expected: Target) -> None:
@@ -36,7 +37,8 @@ def test_accepted_shapes(text: str, expected: Target) -> None:
         ("[::1", "missing ']'"),
         ("[192.0.2.1]:5060", "not an IPv6 address"),
         ("bad host", "neither a host name"),
-        ("sip:cas01;transport=udp", "transport='udp'"),
+        ("sip:cas01;transport=sctp", "transport='sctp'"),
+        ("sips:cas01;transport=udp", "sips: URI cannot use transport=udp"),
         ("sips:cas01;transport=tcp", "sips: URI cannot use transport=tcp"),
         ("", "no host"),
     ],

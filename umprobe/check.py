@@ -24,8 +24,10 @@ from typing import Any
 import trio
 
 from umprobe.net.tls import CertInfo
-from umprobe.probes.result import ProbeResult
+from umprobe.policy import PolicyReport, Verdict, evaluate_probe
+from umprobe.probes.result import ProbeResult, Reason
 from umprobe.probes.sip_options import SipProbeSpec, TLSContextCache, probe
+from umprobe.profiles import get_profile
 
 __all__ = [
     "CheckItem",
@@ -54,6 +56,7 @@ class CheckItem:
     spec: SipProbeSpec
     required: bool = True
     group: str | None = None
+    profile: str | None = None  # a profile with a policy (umprobe.policy) judges every row of this item
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,7 @@ class Row:
     result: ProbeResult
     state: State
     note: str  # why the state is not OK, or "" (the probe's own detail is in result.detail)
+    policy: PolicyReport | None = None  # only for an item whose profile has a policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,18 +119,35 @@ def evaluate(
     rows: list[Row] = []
     problems: list[str] = []
     groups: dict[str, list[ProbeResult]] = {}
+    local = [r for _, r in pairs if r.reason is Reason.LOCAL_RESOURCE_ERROR]
+    if local:
+        # This host, not the listeners: the check is incomplete, so UNKNOWN, and the first thing said.
+        fds = any("EMFILE" in r.detail or "ENFILE" in r.detail for r in local)
+        what = "file descriptors" if fds else "local resources"
+        problems.append(
+            f"umprobe ran out of {what} for {len(local)} of {len(pairs)} listener probes "
+            f"(local_resource_error): raise the open-file limit (ulimit -n) or check fewer targets at once"
+        )
     for item, result in pairs:
         if item.group:
             groups.setdefault(item.group, []).append(result)
         state, note = State.OK, ""
+        if result.reason is Reason.LOCAL_RESOURCE_ERROR:
+            state, note = State.UNKNOWN, result.reason.value
+            rows.append(Row(item, result, state, note))
+            continue
         if not result.success:
             state = State.CRITICAL if item.required else State.OK
             note = result.reason.value if item.required else f"{result.reason.value} (optional)"
         else:
             state, note = _thresholds(result, thresholds, now)
+        report = _policy(item, result, now)
+        if report is not None and report.failed:  # the far end would refuse this SBC: CRITICAL
+            state = State.CRITICAL
+            note = "; ".join(n for n in (note, f"policy: {', '.join(report.failed)} failed") if n)
         if state is not State.OK:
             problems.append(f"{_where(result)} {note}")
-        rows.append(Row(item, result, state, note))
+        rows.append(Row(item, result, state, note, report))
     worst = max((row.state for row in rows), default=State.UNKNOWN)
     for group, members in groups.items():
         if not any(member.success for member in members):
@@ -134,7 +155,30 @@ def evaluate(
             problems.append(f"no {group} listener answered ({len(members)} tried)")
     healthy = sum(1 for row in rows if row.result.success)
     summary = f"{healthy} of {len(rows)} listener probes healthy"
+    judged = [row.policy for row in rows if row.policy is not None]
+    if judged:
+        compliant = sum(1 for report in judged if report.compliant)
+        summary += f", {compliant} of {len(judged)} compliant with the {judged[0].policy} policy"
     return CheckReport(tuple(rows), State(worst), summary, tuple(problems))
+
+
+def _policy(item: CheckItem, result: ProbeResult, now: datetime) -> PolicyReport | None:
+    if item.profile is None:
+        return None
+    policy = get_profile(item.profile).policy
+    return None if policy is None else evaluate_probe(policy, item.spec, result, now=now)
+
+
+def _policy_lines(row: Row, *, verbose: bool) -> list[str]:
+    report = row.policy
+    if report is None:
+        return []
+    verdict = {True: "compliant", False: "NOT compliant", None: "not judged yet"}[report.compliant]
+    lines = [f"{_where(row.result)}: {report.policy} policy: {verdict}"]
+    for rule in report.results:
+        if verbose or rule.verdict in (Verdict.FAIL, Verdict.UNKNOWN):
+            lines.append(f"    {rule.verdict.value:7} {rule.rule}: {rule.detail}")
+    return lines
 
 
 def _thresholds(result: ProbeResult, t: Thresholds, now: datetime) -> tuple[State, str]:
@@ -253,6 +297,8 @@ def render_text(report: CheckReport, thresholds: Thresholds, *, verbose: bool = 
             details.append(text)
             if verbose:
                 details.extend(f"    {e.at * 1000:8.1f}ms {e.kind:5} {_indent(e.text)}" for e in r.transcript)
+    for row in report.rows:
+        details.extend(_policy_lines(row, verbose=verbose))
     if details:
         lines.append("")
         lines.extend(details)
@@ -296,7 +342,7 @@ def result_json(row: Row, now: datetime) -> dict[str, Any]:
             "chain_length": len(r.tls.peer_chain),
             "client_certificate_requested": r.tls.client_cert_requested,
         }
-    return {
+    out: dict[str, Any] = {
         "target": r.target,
         "address": r.address,
         "family": r.family,
@@ -321,7 +367,11 @@ def result_json(row: Row, now: datetime) -> dict[str, Any]:
         "retry_after": r.retry_after,
         "provisional_responses": r.provisional_responses,
         "mismatched_responses": r.mismatched_responses,
+        "retransmissions": r.retransmissions,
     }
+    if row.policy is not None:  # only rows of a profile with a policy: Exchange's JSON is unchanged
+        out["policy"] = row.policy.as_dict()
+    return out
 
 
 def render_json(report: CheckReport) -> str:

@@ -9,23 +9,20 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import click
 import trio
 
 from umprobe._version import __version__
 from umprobe.check import CheckItem, Thresholds, evaluate, render_json, render_text, run_check
-from umprobe.commands.config_cmd import config_group
-from umprobe.commands.peer_cmd import peer_command
-from umprobe.commands.rtp_cmd import rtp_command
-from umprobe.commands.run_cmd import run_command
 from umprobe.errors import UserError
 from umprobe.net.errors import TLSConfigError
 from umprobe.net.tls import TLS_VERSIONS, TLSClientConfig
 from umprobe.probes.result import ProbeResult
 from umprobe.probes.sip_options import SipProbeSpec, TLSContextCache
-from umprobe.profiles import PROFILES, UM_MODES, expand_profile, port_map
+from umprobe.profiles import PROFILES, UM_MODES, expand_profile, get_profile, port_map, request_shape
 from umprobe.sip import DEFAULT_ACCEPT, parse_accept_status
 from umprobe.targets import TargetError, parse_target
 
@@ -41,6 +38,8 @@ Examples:
   umprobe check 'sip:cas01.contoso.local:5061;transport=tls' --ca ca.pem ...
   umprobe check --profile exchange2016 --um-mode dual --ca ca.pem --cert probe.pem --key probe.key mbx01
                                                     every UM listener of one server
+  umprobe check --profile teams-direct-routing --sbc-fqdn sbc1.contoso.com --cert sbc1.pem --key sbc1.key
+                                                    Microsoft's SIP proxies, as the SBC: TLS and policy
   umprobe check --json [::1]:5060                   machine-readable result
 
 \b
@@ -72,7 +71,41 @@ def _seconds(value: float | None, option: str) -> float | None:
     return value
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+class _LazyGroup(click.Group):
+    """A click group whose bigger subcommands are imported only when they run (or when help lists them).
+
+    `umprobe check` is what monitoring systems start every minute: it should not pay for importing the
+    daemon's config reader, the RTP sampler or the echo peer. Each lazy command is "module:attribute".
+    """
+
+    _LAZY: ClassVar[dict[str, str]] = {
+        "config": "umprobe.commands.config_cmd:config_group",
+        "dashboards": "umprobe.commands.dashboards_cmd:dashboards_group",
+        "peer": "umprobe.commands.peer_cmd:peer_command",
+        "rtp": "umprobe.commands.rtp_cmd:rtp_command",
+        "run": "umprobe.commands.run_cmd:run_command",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in self._LAZY:
+            import importlib
+
+            module_name, _, attribute = self._LAZY[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module_name), attribute)
+            if not isinstance(command, click.Command):  # pragma: no cover - a wrong table entry
+                raise TypeError(f"{self._LAZY[cmd_name]} is not a click command")
+            self.add_command(command, cmd_name)
+        return command
+
+
+@click.group(
+    cls=_LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+)
 @click.version_option(__version__, "-V", "--version", prog_name="umprobe")
 def cli() -> None:
     """umprobe: reachability probe and synthetic monitor for Exchange UM voice infrastructure.
@@ -84,10 +117,10 @@ def cli() -> None:
 
 
 @cli.command(epilog=_CHECK_EPILOG)
-@click.argument("targets", nargs=-1, required=True, metavar="TARGET...")
+@click.argument("targets", nargs=-1, required=False, metavar="TARGET...")
 @click.option(
     "--transport",
-    type=click.Choice(["tcp", "tls"]),
+    type=click.Choice(["tcp", "tls", "udp"]),
     help="Transport when TARGET does not say. [default: tcp]",
 )
 @click.option(
@@ -98,7 +131,8 @@ def cli() -> None:
 @click.option(
     "--profile",
     type=click.Choice(PROFILES),
-    help="Expand each host into the Exchange UM listeners of this product (see `umprobe ports`).",
+    help="Expand each host into the listeners of this kind of server: Exchange UM (see `umprobe ports`), "
+    "or an SBC's far end, judged by its policy (docs/profiles/).",
 )
 @click.option(
     "--um-mode",
@@ -106,6 +140,23 @@ def cli() -> None:
     default="dual",
     show_default=True,
     help="UM startup mode of the servers (-UMStartupMode): which listeners --profile expects.",
+)
+@click.option(
+    "--sbc-fqdn",
+    help="With --profile teams-direct-routing (required), skype-mediation or sip-trunk: the SBC's FQDN, "
+    "sent in From and Contact and matched against --cert by the profile's policy.",
+)
+@click.option(
+    "--sbc-port",
+    type=click.IntRange(1, 65535),
+    help="With --sbc-fqdn: the SBC's own SIP port in Contact. "
+    "[default: 5061 for TLS (5067 skype-mediation), 5060 else]",
+)
+@click.option(
+    "--variant",
+    type=click.Choice(["commercial", "gcch", "dod"]),
+    help="With --profile teams-direct-routing and no TARGET: which Microsoft cloud's SIP proxies. "
+    "[default: commercial]",
 )
 @click.option(
     "--ca", "ca_file", type=click.Path(dir_okay=False), help="CA bundle (PEM) to verify the server with."
@@ -171,6 +222,9 @@ def check(
     port: int | None,
     profile: str | None,
     um_mode: str,
+    sbc_fqdn: str | None,
+    sbc_port: int | None,
+    variant: str | None,
     ca_file: str | None,
     cert_file: str | None,
     key_file: str | None,
@@ -215,18 +269,28 @@ def check(
         ciphers=ciphers,
     )
     items: list[CheckItem] = []
+    common = {
+        "tls": tls,
+        "server_name": server_name,
+        "accept_status": accept_status,
+        "families": families,
+        "from_domain": from_domain,
+    }
+    if profile and not get_profile(profile).exchange:
+        items = _profile_items(profile, targets, transport, sbc_fqdn, sbc_port, variant, cert_file, common)
+        targets = ()
+    elif sbc_fqdn is not None or sbc_port is not None or variant is not None:
+        raise click.UsageError(
+            "--sbc-fqdn, --sbc-port and --variant go with --profile teams-direct-routing, skype-mediation "
+            "or sip-trunk"
+        )
+    elif not targets:
+        raise click.UsageError("Missing argument 'TARGET...'.")
     for text in targets:
         try:
             target = parse_target(text)
         except TargetError as exc:
             raise click.BadParameter(str(exc), param_hint="TARGET") from None
-        common = {
-            "tls": tls,
-            "server_name": server_name,
-            "accept_status": accept_status,
-            "families": families,
-            "from_domain": from_domain,
-        }
         if profile:
             if target.port is not None or target.transport is not None:
                 raise click.BadParameter(
@@ -254,7 +318,7 @@ def check(
                 SipProbeSpec(
                     host=target.host,
                     port=target.port or port or (5061 if chosen == "tls" else 5060),
-                    transport="tls" if chosen == "tls" else "tcp",
+                    transport="tls" if chosen == "tls" else "udp" if chosen == "udp" else "tcp",
                     uri_scheme="sips" if target.scheme == "sips" else "sip",
                     **common,  # type: ignore[arg-type]
                 )
@@ -267,6 +331,9 @@ def check(
             contexts.client_cert(tls)
         except TLSConfigError as exc:
             raise UserError(str(exc)) from None
+        from umprobe.secretfile import warn_if_exposed
+
+        warn_if_exposed(key_file, what="--key")  # a key others may read: one warning line on stderr
 
     async def run() -> list[tuple[CheckItem, ProbeResult]]:
         return await run_check(items, deadline=trio.current_time() + timeout, contexts=contexts)
@@ -276,6 +343,93 @@ def check(
     report = evaluate(pairs, thresholds)
     click.echo(render_json(report) if as_json else render_text(report, thresholds, verbose=verbose))
     sys.exit(int(report.state))
+
+
+def _profile_items(
+    profile: str,
+    targets: Sequence[str],
+    transport: str | None,
+    sbc_fqdn: str | None,
+    sbc_port: int | None,
+    variant: str | None,
+    cert_file: str | None,
+    common: Mapping[str, object],
+) -> list[CheckItem]:
+    """The probes of a profile beyond Exchange (umprobe.profiles): its listeners on each TARGET, or, for Teams
+    Direct Routing without TARGET, on Microsoft's SIP proxies of the chosen cloud."""
+    data = get_profile(profile)
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("um_mode") is click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError(f"--um-mode is Exchange's: it does not go with --profile {profile}")
+    if variant is not None and not data.hosts:
+        raise click.UsageError(f"--variant goes with --profile teams-direct-routing, not {profile}")
+    if data.requires_sbc_fqdn and not sbc_fqdn:
+        raise click.UsageError(
+            f"--profile {profile} needs --sbc-fqdn: the SBC's FQDN goes in From and Contact"
+        )
+    if sbc_port is not None and not sbc_fqdn:
+        raise click.UsageError("--sbc-port goes with --sbc-fqdn")
+    if sbc_fqdn is not None:
+        try:
+            sbc = parse_target(sbc_fqdn)
+        except TargetError as exc:
+            raise click.BadParameter(str(exc), param_hint="--sbc-fqdn") from None
+        if sbc.port is not None or sbc.scheme is not None:
+            raise click.BadParameter(f"{sbc_fqdn!r} must be a bare FQDN", param_hint="--sbc-fqdn")
+        sbc_fqdn = sbc.host
+    if data.requires_client_cert and cert_file is None:
+        raise click.UsageError(
+            f"--profile {profile} needs --cert and --key: the far end only talks mutual TLS, and its policy "
+            "judges that certificate"
+        )
+    try:
+        listeners = expand_profile(profile, transports=(transport,) if transport else None)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--transport") from None
+    hosts: list[tuple[str, int | None]] = []
+    for text in targets:
+        try:
+            target = parse_target(text)
+        except TargetError as exc:
+            raise click.BadParameter(str(exc), param_hint="TARGET") from None
+        # Teams: a TARGET stands in for Microsoft's proxies (a lab, a relay) and may name the port.
+        if target.scheme is not None or target.transport is not None or (target.port and not data.hosts):
+            raise click.BadParameter(
+                f"{text!r}: with --profile give a bare host"
+                + (" or host:port" if data.hosts else "")
+                + "; the profile decides ports and transports",
+                param_hint="TARGET",
+            )
+        hosts.append((target.host, target.port))
+    if not hosts:
+        if not data.hosts:
+            raise click.UsageError("Missing argument 'TARGET...'.")
+        hosts = [(host, None) for host in data.default_hosts(variant)]
+    elif variant is not None:
+        raise click.UsageError("--variant chooses Microsoft's hosts: it does not go with a TARGET")
+    items: list[CheckItem] = []
+    for host, port in hosts:
+        for spec in listeners:
+            shape = request_shape(profile, spec.transport, sbc_fqdn=sbc_fqdn, sbc_port=sbc_port)
+            fields = {**common, "from_domain": shape.from_domain or common["from_domain"]}
+            items.append(
+                CheckItem(
+                    SipProbeSpec(
+                        host=host,
+                        port=port or spec.port,
+                        transport=spec.transport,
+                        listener=spec.listener,
+                        uri_scheme=shape.uri_scheme,
+                        contact_host=shape.contact_host,
+                        contact_port=shape.contact_port,
+                        **fields,  # type: ignore[arg-type]
+                    ),
+                    required=spec.required,
+                    group=spec.group,
+                    profile=profile,
+                )
+            )
+    return items
 
 
 @cli.command()
@@ -392,12 +546,6 @@ def demo(
         # Whoever read the output has gone (`umprobe demo | head`): stop quietly, as Python's docs advise.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
-
-
-cli.add_command(config_group)
-cli.add_command(run_command)
-cli.add_command(rtp_command)
-cli.add_command(peer_command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

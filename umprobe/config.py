@@ -52,16 +52,31 @@ from types import MappingProxyType
 from typing import Final, Literal, NoReturn
 
 from umprobe.errors import UserError
+from umprobe.inbound import (
+    DEFAULT_AT_RISK_AFTER,
+    DEFAULT_DEMOTED_AFTER,
+    DEFAULT_MAX_IDENTITIES,
+    normalise_identity,
+)
 from umprobe.media.sampling import MAX_RTP_PORT, MIN_RTP_PORT, even_ports
 from umprobe.net.errors import TLSConfigError
-from umprobe.net.tls import TLS_VERSIONS, TLSClientConfig, make_client_context
+from umprobe.net.tls import TLS_VERSIONS, TLSClientConfig, make_client_context, make_server_context
 from umprobe.probes.rtp import RtpProbeSpec, estimate_seconds
 from umprobe.probes.sip_options import SipProbeSpec
-from umprobe.profiles import PROFILES, UM_MODES, ListenerSpec, expand_profile
+from umprobe.profiles import (
+    EXCHANGE_PROFILES,
+    PROFILES,
+    UM_MODES,
+    ListenerSpec,
+    expand_profile,
+    get_profile,
+    request_shape,
+)
 from umprobe.secretfile import read_secret
 from umprobe.shard import valid_vantage
 from umprobe.sip import DEFAULT_ACCEPT, parse_accept_status
 from umprobe.targets import TargetError, parse_target
+from umprobe.updown import DEFAULT_THRESHOLDS, PRESETS, Thresholds
 
 __all__ = [
     "BUILTIN_LABELS",
@@ -69,6 +84,7 @@ __all__ = [
     "DEFAULT_INTERVAL",
     "DEFAULT_TIMEOUT",
     "KNOWN_KEYS",
+    "LISTEN_KEYS",
     "LOG_LEVELS",
     "MODULE_KEYS",
     "PROFILE_ROLES",
@@ -79,6 +95,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ExporterConfig",
+    "ListenConfig",
     "LogConfig",
     "ModuleConfig",
     "ProbeConfig",
@@ -110,6 +127,9 @@ MODULE_KEYS: Final = frozenset(
         "interval",
         "families",
         "from_domain",
+        "failures_before_down",
+        "successes_before_up",
+        "preset",
     }
 )
 #: Keys that only mean something on a TLS module; written in a plain TCP module's own table they are errors.
@@ -120,11 +140,19 @@ _PROFILE_ONLY_KEYS: Final = (
     "um_mode",
     "tcp_module",
     "tls_module",
+    "udp_module",
     "roles",
     "call_router_tcp_port",
     "call_router_tls_port",
     "port_map",
+    "sbc_fqdn",
+    "sbc_port",
+    "variant",
+    "transports",
 )
+#: Keys only the Exchange profiles take, and keys only the profiles beyond Exchange take (umprobe.profiles).
+_EXCHANGE_ONLY_KEYS: Final = ("um_mode", "roles", "call_router_tcp_port", "call_router_tls_port")
+_SBC_ONLY_KEYS: Final = ("sbc_fqdn", "sbc_port", "variant", "transports")
 TARGET_KEYS: Final = frozenset(
     {"host", "name", "labels", "module", "port", "profile", "timeout", "interval", "server_name"}
     | set(_PROFILE_ONLY_KEYS)
@@ -140,14 +168,26 @@ RTP_KEYS: Final = frozenset(
 )
 _RTP_TLS_KEYS: Final = ("ca_file", "cert_file", "key_file", "server_name", "insecure")
 
+#: The keys of a `[[listen]]` entry: a listener that answers inbound OPTIONS and records who sends them
+#: (umprobe.inbound, docs/inbound.md).
+LISTEN_KEYS: Final = frozenset(
+    {
+        *("name", "transport", "address", "cert_file", "key_file", "ca_file", "require_client_cert"),
+        *("expect", "max_identities", "at_risk_after", "demoted_after", "idle_timeout"),
+    }
+)
+_LISTEN_TLS_KEYS: Final = ("cert_file", "key_file", "ca_file", "require_client_cert")
+_LISTEN_IDLE_TIMEOUT: Final = 120.0
+
 #: Every key the config accepts, per section. "top" is the file's top level; "modules.NAME" is any module.
 KNOWN_KEYS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
     {
-        "top": frozenset({"defaults", "modules", "targets", "rtp", "exporter", "scheduler", "log"}),
+        "top": frozenset({"defaults", "modules", "targets", "rtp", "listen", "exporter", "scheduler", "log"}),
         "defaults": MODULE_KEYS,
         "modules.NAME": MODULE_KEYS,
         "targets": TARGET_KEYS,
         "rtp": RTP_KEYS,
+        "listen": LISTEN_KEYS,
         "exporter": frozenset({"listen", "probe_allow", "vantage"}),
         "scheduler": frozenset({"max_concurrency"}),
         "log": frozenset({"format", "level"}),
@@ -160,10 +200,14 @@ BUILTIN_LABELS: Final = frozenset(
         *("probe", "target", "address", "port", "transport", "listener", "family", "vantage"),
         *("phase", "reason", "version", "le", "quantile", "job", "instance"),
         *("peer", "block", "direction", "result"),  # the RTP series'
+        *("profile", "rule"),  # the profile policy series'
+        "to",  # umprobe_listener_transitions_total
     }
 )
 #: Modules that exist without being defined (a `[modules.NAME]` of the same name replaces one).
-BUILTIN_MODULES: Final[Mapping[str, str]] = MappingProxyType({"sip_tcp": "tcp", "sip_tls": "tls"})
+BUILTIN_MODULES: Final[Mapping[str, str]] = MappingProxyType(
+    {"sip_tcp": "tcp", "sip_tls": "tls", "sip_udp": "udp"}
+)
 PROFILE_ROLES: Final = ("call_router", "um_service", "um_worker")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 DEFAULT_TIMEOUT: Final = 5.0
@@ -178,6 +222,7 @@ _UNREAD_SECRET: Final = b"<secret file not read: check_files=False>"
 _DEFAULT_LISTEN: Final = "127.0.0.1:9874"
 _FAMILIES: Final = ("ipv4", "ipv6")
 _MAX_CONCURRENCY: Final = 100_000
+_MAX_THRESHOLD: Final = 1000
 
 _LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _MODULE_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -211,18 +256,20 @@ class ConfigError(UserError):
 
 @dataclass(frozen=True, slots=True)
 class ModuleConfig:
-    """How to probe: transport, TLS, judgement and timing. `port` None means 5060 for tcp, 5061 for tls."""
+    """How to probe: transport, TLS, judgement and timing. `port` None: 5060 for tcp and udp, 5061 for tls."""
 
     name: str
-    transport: Literal["tcp", "tls"]
+    transport: Literal["tcp", "tls", "udp"]
     port: int | None
-    tls: TLSClientConfig | None  # None for transport "tcp"
+    tls: TLSClientConfig | None  # None for transports "tcp" and "udp"
     server_name: str | None
     accept_status: frozenset[int]
     timeout: float
     interval: float
     families: tuple[str, ...]
     from_domain: str | None
+    thresholds: Thresholds = DEFAULT_THRESHOLDS  # up/down judgement (umprobe.updown, docs/thresholds.md)
+    preset: str = "none"  # the `preset` the thresholds started from
 
     @property
     def default_port(self) -> int:
@@ -261,6 +308,8 @@ class ProbeConfig:
     labels: tuple[tuple[str, str], ...]  # the target's extra labels, sorted by name
     required: bool = True
     group: str | None = None
+    profile: str | None = None  # the target's profile, when it has one: its policy judges every run
+    thresholds: Thresholds = DEFAULT_THRESHOLDS  # its module's up/down thresholds (umprobe.updown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +367,34 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ListenConfig:
+    """One `[[listen]]` entry: where inbound OPTIONS are answered and whose are expected (docs/inbound.md).
+
+    `name` is the value of the `listen` label; `host` None is every interface. TLS files are absolute paths
+    (relative ones resolved against the config's directory)."""
+
+    name: str
+    transport: Literal["tcp", "tls"]
+    address: str  # as written, "HOST:PORT"
+    host: str | None
+    port: int
+    cert_file: str | None = None
+    key_file: str | None = None
+    ca_file: str | None = None
+    require_client_cert: bool = False
+    expect: tuple[str, ...] = ()
+    max_identities: int = DEFAULT_MAX_IDENTITIES
+    at_risk_after: float = DEFAULT_AT_RISK_AFTER
+    demoted_after: float = DEFAULT_DEMOTED_AFTER
+    idle_timeout: float = _LISTEN_IDLE_TIMEOUT
+
+    @property
+    def id(self) -> str:
+        """Stable identity ("listen|transport|address"): which shard runs it, what a reload compares."""
+        return f"listen|{self.transport}|{self.address}"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A whole validated probes.toml."""
 
@@ -328,6 +405,7 @@ class Config:
     scheduler: SchedulerConfig = SchedulerConfig()
     log: LogConfig = LogConfig()
     rtp: tuple[RtpProbeConfig, ...] = ()  # the [[rtp]] entries
+    listen: tuple[ListenConfig, ...] = ()  # the [[listen]] entries (inbound OPTIONS)
 
     @property
     def jobs(self) -> tuple[ProbeConfig | RtpProbeConfig, ...]:
@@ -591,6 +669,7 @@ class _Reader:
                 continue
             close = difflib.get_close_matches(key.lower(), sorted(known), n=1, cutoff=0.6)
             homes = [s for s, keys in KNOWN_KEYS.items() if key in keys and s != section]
+            homes.sort(key=lambda s: s == "top")  # `listen` is a table at the top and a key of [exporter]
             if close:
                 hint = f"did you mean {close[0]}?"
             elif homes:
@@ -656,7 +735,7 @@ class _Reader:
     def module_value(self, key: str, value: object, path: KeyPath) -> object:
         """Validate one module key (as written in [defaults] or [modules.NAME]); return the typed value."""
         if key == "transport":
-            return self.choice(value, path, ("tcp", "tls"))
+            return self.choice(value, path, ("tcp", "tls", "udp"))
         if key == "port":
             return self.port(value, path)
         if key in ("ca_file", "cert_file", "key_file"):
@@ -677,6 +756,10 @@ class _Reader:
             return self.seconds(value, path)
         if key == "families":
             return self.families(value, path)
+        if key in ("failures_before_down", "successes_before_up"):
+            return self.integer(value, path, 1, _MAX_THRESHOLD, "a whole number of consecutive runs")
+        if key == "preset":
+            return self.choice(value, path, tuple(PRESETS))
         raise AssertionError(f"unhandled module key {key}")  # pragma: no cover
 
     def accept_status(self, value: object, path: KeyPath) -> frozenset[int]:
@@ -705,8 +788,26 @@ class _Reader:
         return tuple(str(item) for item in value)
 
 
+def _thresholds(vals: Mapping[str, _Val]) -> Thresholds:
+    """A module's up/down thresholds: its `preset`'s, with `failures_before_down` / `successes_before_up`
+    on top where they are written in the same table as the preset or a more specific one."""
+    preset = vals.get("preset")
+    base = PRESETS[str(preset.value)] if preset is not None else DEFAULT_THRESHOLDS
+    counts = {
+        "failures_before_down": base.failures_before_down,
+        "successes_before_up": base.successes_before_up,
+    }
+    for key in counts:
+        val = vals.get(key)
+        if val is not None and (preset is None or _rank(val.origin) >= _rank(preset.origin)):
+            counts[key] = int(str(val.value))
+    return Thresholds(**counts)
+
+
 def _section_title(section: str) -> str:
-    return {"top": "the top level", "targets": "[[targets]]", "rtp": "[[rtp]]"}.get(section, f"[{section}]")
+    return {"top": "the top level", "targets": "[[targets]]", "rtp": "[[rtp]]", "listen": "[[listen]]"}.get(
+        section, f"[{section}]"
+    )
 
 
 class _Builder:
@@ -740,6 +841,7 @@ class _Builder:
             scheduler=self._scheduler(),
             log=self._log(),
             rtp=tuple(rtp),
+            listen=tuple(self._listen()),
         )
 
     # --- modules
@@ -783,10 +885,15 @@ class _Builder:
 
     def _module(self, name: str, vals: dict[str, _Val], own: dict[str, _Val]) -> ModuleConfig:
         r = self.r
-        transport: Literal["tcp", "tls"] = "tls" if vals["transport"].value == "tls" else "tcp"
-        if transport == "tcp":
+        value = vals["transport"].value
+        transport: Literal["tcp", "tls", "udp"] = (
+            "tls" if value == "tls" else "udp" if value == "udp" else "tcp"
+        )
+        if transport != "tls":
             for key in sorted(TLS_ONLY_KEYS & own.keys()):
-                r.fail_val(own[key], 'only applies to transport "tls" (this module\'s transport is "tcp")')
+                r.fail_val(
+                    own[key], f'only applies to transport "tls" (this module\'s transport is "{transport}")'
+                )
         self._check_timing(vals["timeout"], vals["interval"])
 
         def opt(key: str) -> str | None:
@@ -826,6 +933,8 @@ class _Builder:
             interval=float(str(vals["interval"].value)),
             families=tuple(str(f) for f in families),
             from_domain=opt("from_domain"),
+            thresholds=_thresholds(vals),
+            preset=str(vals["preset"].value) if "preset" in vals else "none",
         )
 
     def _check_timing(self, timeout: _Val, interval: _Val) -> None:
@@ -893,7 +1002,10 @@ class _Builder:
     def _target(self, table: dict[str, object], path: KeyPath) -> list[ProbeConfig]:
         r = self.r
         if "host" not in table:
-            r.fail(path, "host is required (a host name, an IP address or a list of them)")
+            default_hosts = self._profile_hosts(table, path)
+            if not default_hosts:
+                r.fail(path, "host is required (a host name, an IP address or a list of them)")
+            table = {**table, "host": list(default_hosts)}
         raw_hosts = table["host"]
         host_list = raw_hosts if isinstance(raw_hosts, list) else [raw_hosts]
         if not host_list:
@@ -936,43 +1048,145 @@ class _Builder:
             if "port" in table:
                 r.fail(
                     (*path, "port"),
-                    "a profile decides the ports: use call_router_tcp_port / call_router_tls_port",
+                    "a profile decides the ports: use call_router_tcp_port / call_router_tls_port"
+                    if table.get("profile") in EXCHANGE_PROFILES
+                    else "a profile decides the ports: use port_map to reach a listener at another port",
                     table["port"],
                 )
             profile = r.choice(table["profile"], (*path, "profile"), PROFILES)
-            mode = r.choice(table.get("um_mode", "dual"), (*path, "um_mode"), UM_MODES)
-            roles = self._roles(table, path)
-            ports = {"call_router_tcp_port": 5060, "call_router_tls_port": 5061}
-            for key in ports:
-                if key in table:
-                    ports[key] = r.port(table[key], (*path, key))
-                    if "call_router" not in roles:
-                        r.fail((*path, key), "has no effect: roles does not include call_router", table[key])
-            listeners = expand_profile(
-                profile,
-                mode,
-                roles=roles,
-                call_router_tcp_port=ports["call_router_tcp_port"],
-                call_router_tls_port=ports["call_router_tls_port"],
-            )
+            if get_profile(profile).exchange:
+                for key in _SBC_ONLY_KEYS:
+                    if key in table:
+                        r.fail((*path, key), f"does not apply to profile {json.dumps(profile)}", table[key])
+                mode = r.choice(table.get("um_mode", "dual"), (*path, "um_mode"), UM_MODES)
+                roles = self._roles(table, path)
+                ports = {"call_router_tcp_port": 5060, "call_router_tls_port": 5061}
+                for key in ports:
+                    if key in table:
+                        ports[key] = r.port(table[key], (*path, key))
+                        if "call_router" not in roles:
+                            r.fail(
+                                (*path, key), "has no effect: roles does not include call_router", table[key]
+                            )
+                listeners = expand_profile(
+                    profile,
+                    mode,
+                    roles=roles,
+                    call_router_tcp_port=ports["call_router_tcp_port"],
+                    call_router_tls_port=ports["call_router_tls_port"],
+                )
+                sbc_fqdn: str | None = None
+                sbc_port: int | None = None
+            else:
+                listeners, sbc_fqdn, sbc_port = self._sbc_profile(table, path, profile)
             if "port_map" in table:
                 listeners = self._port_map(table["port_map"], (*path, "port_map"), listeners)
             tcp_module: ModuleConfig | None = None
             tls_module: ModuleConfig | None = None
+            udp_module: ModuleConfig | None = None
+            if any(spec.transport == "udp" for spec in listeners) or "udp_module" in table:
+                udp_module = self._module_ref(table, path, "udp_module", "udp")
             if any(spec.transport == "tcp" for spec in listeners) or "tcp_module" in table:
                 tcp_module = self._module_ref(table, path, "tcp_module", "tcp")
             if any(spec.transport == "tls" for spec in listeners) or "tls_module" in table:
                 tls_module = self._module_ref(table, path, "tls_module", "tls")
+            no_cert = tls_module is not None and (tls_module.tls is None or tls_module.tls.cert_file is None)
+            if get_profile(profile).requires_client_cert and no_cert:
+                assert tls_module is not None
+                r.fail(
+                    (*path, "tls_module" if "tls_module" in table else "profile"),
+                    f"profile {json.dumps(profile)} needs a TLS module with cert_file: the far end only"
+                    f" talks mutual TLS (module {json.dumps(tls_module.name)} has no client certificate)",
+                    table.get("tls_module", profile),
+                )
             for host in hosts:
                 for spec in listeners:
-                    chosen = tcp_module if spec.transport == "tcp" else tls_module
+                    chosen = {"tcp": tcp_module, "tls": tls_module, "udp": udp_module}[spec.transport]
                     assert chosen is not None
-                    out.append(
-                        self._probe(host, name, chosen, spec.port, spec.listener, spec.required, spec.group)
+                    probe = self._probe(
+                        host, name, chosen, spec.port, spec.listener, spec.required, spec.group
                     )
-        if "server_name" in overrides and all(probe.spec.transport == "tcp" for probe in out):
+                    if not get_profile(profile).exchange:
+                        shape = request_shape(profile, spec.transport, sbc_fqdn=sbc_fqdn, sbc_port=sbc_port)
+                        probe = replace(
+                            probe,
+                            profile=profile,
+                            spec=replace(
+                                probe.spec,
+                                uri_scheme=shape.uri_scheme,
+                                from_domain=shape.from_domain or probe.spec.from_domain,
+                                contact_host=shape.contact_host,
+                                contact_port=shape.contact_port,
+                            ),
+                        )
+                    out.append(probe)
+        if "server_name" in overrides and all(probe.spec.transport != "tls" for probe in out):
             r.fail_val(overrides["server_name"], "only applies to TLS listeners (this target has none)")
         return [self._finish(probe, overrides, labels) for probe in out]
+
+    def _profile_hosts(self, table: dict[str, object], path: KeyPath) -> tuple[str, ...]:
+        """A profile's own hosts when a target names none (Teams Direct Routing: Microsoft's SIP proxies of
+        the `variant`), else ()."""
+        profile = table.get("profile")
+        if not isinstance(profile, str) or profile not in PROFILES or "module" in table:
+            return ()
+        data = get_profile(profile)
+        variant = table.get("variant", data.default_variant)
+        if not data.hosts:
+            return ()
+        return data.default_hosts(self.r.choice(variant, (*path, "variant"), data.variants))
+
+    def _sbc_profile(
+        self, table: dict[str, object], path: KeyPath, profile: str
+    ) -> tuple[list[ListenerSpec], str | None, int | None]:
+        """The listeners and SBC identity of a profile beyond Exchange (teams-direct-routing, ...)."""
+        r = self.r
+        data = get_profile(profile)
+        for key in _EXCHANGE_ONLY_KEYS:
+            if key in table:
+                r.fail(
+                    (*path, key),
+                    f"is Exchange's: it does not apply to profile {json.dumps(profile)}",
+                    table[key],
+                )
+        if "variant" in table:
+            if not data.hosts:
+                r.fail(
+                    (*path, "variant"), f"does not apply to profile {json.dumps(profile)}", table["variant"]
+                )
+            r.choice(table["variant"], (*path, "variant"), data.variants)
+        sbc_fqdn = r.host_name(table["sbc_fqdn"], (*path, "sbc_fqdn")) if "sbc_fqdn" in table else None
+        if data.requires_sbc_fqdn and sbc_fqdn is None:
+            r.fail(
+                (*path, "profile"),
+                f'profile {json.dumps(profile)} needs sbc_fqdn = "SBC FQDN": it goes in From and Contact',
+                profile,
+            )
+        sbc_port: int | None = None
+        if "sbc_port" in table:
+            if sbc_fqdn is None:
+                r.fail((*path, "sbc_port"), "has no effect without sbc_fqdn", table["sbc_port"])
+            sbc_port = r.port(table["sbc_port"], (*path, "sbc_port"))
+        transports: tuple[str, ...] | None = None
+        if "transports" in table:
+            raw = table["transports"]
+            known = data.transports
+            if not isinstance(raw, list) or not raw:
+                r.fail((*path, "transports"), f"must be a non-empty list of {', '.join(known)}", raw)
+            for item in raw:
+                if item not in known:
+                    r.fail((*path, "transports"), f"{_render(item)} is not one of {', '.join(known)}", raw)
+            if len(set(raw)) != len(raw):
+                r.fail((*path, "transports"), "lists a transport twice", raw)
+            transports = tuple(str(item) for item in raw)
+        listeners = expand_profile(profile, transports=transports)
+        if not listeners:
+            r.fail(
+                (*path, "transports"),
+                "leaves no listener umprobe can probe",
+                table.get("transports"),
+            )
+        return listeners, sbc_fqdn, sbc_port
 
     def _port_map(self, raw: object, path: KeyPath, listeners: list[ListenerSpec]) -> list[ListenerSpec]:
         """`port_map = { K = V, ... }`: the profile's listener on port K is reached at port V (same listener
@@ -1019,8 +1233,8 @@ class _Builder:
     ) -> ModuleConfig:
         r = self.r
         if key not in table:
-            if transport == "tcp":
-                return self._use("sip_tcp")
+            if transport in ("tcp", "udp"):
+                return self._use(f"sip_{transport}")
             # the TLS listeners of a profile: the user's one TLS module, else the built-in sip_tls
             tls_modules = [n for n in self.user_modules if self.modules[n].transport == "tls"]
             if len(tls_modules) > 1:
@@ -1106,17 +1320,7 @@ class _Builder:
         spec = probe.spec
         server_name = overrides.get("server_name")
         if server_name is not None and spec.transport == "tls":
-            spec = SipProbeSpec(
-                host=spec.host,
-                port=spec.port,
-                transport=spec.transport,
-                listener=spec.listener,
-                tls=spec.tls,
-                server_name=str(server_name.value),
-                accept_status=spec.accept_status,
-                families=spec.families,
-                from_domain=spec.from_domain,
-            )
+            spec = replace(spec, server_name=str(server_name.value))
         return ProbeConfig(
             id=probe.id,
             name=probe.name,
@@ -1128,6 +1332,8 @@ class _Builder:
             labels=labels,
             required=probe.required,
             group=probe.group,
+            profile=probe.profile,
+            thresholds=self.modules[probe.module].thresholds,
         )
 
     # --- [[rtp]]
@@ -1394,6 +1600,139 @@ class _Builder:
             )
         return interval, timeout
 
+    # --- [[listen]]
+
+    def _listen(self) -> list[ListenConfig]:
+        r = self.r
+        raw = self.data.get("listen", [])
+        if not isinstance(raw, list):
+            r.fail(("listen",), "must be an array of tables ([[listen]])", raw)
+        out: list[ListenConfig] = []
+        seen: dict[str, KeyPath] = {}
+        for index, entry in enumerate(raw):
+            path: KeyPath = ("listen", index)
+            table = r.table(entry, path, "[[listen]]")
+            r.check_keys(table, path, "listen")
+            listen = self._listen_entry(table, path)
+            for what, value in (("address", listen.id), ("name", listen.name)):
+                key = f"{what}|{value}"
+                if key in seen:
+                    r.fail(
+                        (*path, what),
+                        f"is used twice (also by {_format_path(seen[key])})",
+                        table.get(what, listen.name),
+                    )
+                seen[key] = path
+            out.append(listen)
+        return out
+
+    def _listen_entry(self, table: dict[str, object], path: KeyPath) -> ListenConfig:
+        r = self.r
+        transport: Literal["tcp", "tls"] = "tcp"
+        if (
+            "transport" in table
+            and r.choice(table["transport"], (*path, "transport"), ("tcp", "tls")) == "tls"
+        ):
+            transport = "tls"
+        if "address" not in table:
+            r.fail(path, 'address is required: where to answer OPTIONS, address = "HOST:PORT"')
+        address = r.string(table["address"], (*path, "address"))
+        if not _valid_listen(address):
+            r.fail((*path, "address"), 'must be "HOST:PORT", e.g. "0.0.0.0:5061" or "[::]:5061"', address)
+        host_text, _, port_text = address.rpartition(":")
+        host = host_text[1:-1] if host_text.startswith("[") else host_text
+        name = f"{transport}:{address}"
+        if "name" in table:
+            name = r.string(table["name"], (*path, "name"))
+            if any(ord(c) < 32 or ord(c) == 127 for c in name):
+                r.fail((*path, "name"), "must be one line without control characters", name)
+        files: dict[str, str] = {}
+        require = False
+        if transport == "tcp":
+            for key in _LISTEN_TLS_KEYS:
+                if key in table:
+                    r.fail((*path, key), 'only applies to transport = "tls"', table[key])
+        else:
+            for key in ("cert_file", "key_file"):
+                if key not in table:
+                    r.fail(path, 'transport = "tls" needs cert_file and key_file (our server certificate)')
+            files = {
+                key: r.file_path(table[key], (*path, key))
+                for key in ("cert_file", "key_file", "ca_file")
+                if key in table
+            }
+            if "require_client_cert" in table:
+                require = r.boolean(table["require_client_cert"], (*path, "require_client_cert"))
+                if require and "ca_file" not in files:
+                    r.fail(
+                        (*path, "require_client_cert"),
+                        "needs ca_file: the CA that client certificates must chain to",
+                        table["require_client_cert"],
+                    )
+            if self.check_files:
+                try:
+                    make_server_context(
+                        cert_file=files["cert_file"],
+                        key_file=files["key_file"],
+                        ca_file=files.get("ca_file"),
+                        require_client_cert=require,
+                    )
+                except TLSConfigError as exc:
+                    message = _one_line(str(exc))
+                    named = [(message.find(p), k) for k, p in files.items() if p in message]
+                    key = min(named)[1] if named else "cert_file"
+                    r.fail((*path, key), message, table[key])
+        expect: list[str] = []
+        if "expect" in table:
+            where: KeyPath = (*path, "expect")
+            raw = table["expect"]
+            if not isinstance(raw, list):
+                r.fail(where, "must be a list of identities: certificate FQDNs or IP addresses", raw)
+            for item in raw:
+                identity = normalise_identity(item) if isinstance(item, str) else None
+                if identity is None:
+                    r.fail(where, f"{_render(item)} is neither a host name (FQDN) nor an IP address", raw)
+                if identity in expect:
+                    r.fail(where, f"lists {json.dumps(identity)} twice", raw)
+                expect.append(identity)
+        max_identities = DEFAULT_MAX_IDENTITIES
+        if "max_identities" in table:
+            max_identities = r.integer(
+                table["max_identities"], (*path, "max_identities"), 1, 10_000, "a whole number"
+            )
+        at_risk = DEFAULT_AT_RISK_AFTER
+        if "at_risk_after" in table:
+            at_risk = r.seconds(table["at_risk_after"], (*path, "at_risk_after"))
+        demoted = DEFAULT_DEMOTED_AFTER
+        if "demoted_after" in table:
+            demoted = r.seconds(table["demoted_after"], (*path, "demoted_after"))
+        if at_risk >= demoted:
+            key = "at_risk_after" if "at_risk_after" in table else "demoted_after"
+            r.fail(
+                (*path, key),
+                f"at_risk_after ({at_risk:g} s) must be less than demoted_after ({demoted:g} s)",
+                table[key],
+            )
+        idle = _LISTEN_IDLE_TIMEOUT
+        if "idle_timeout" in table:
+            idle = r.seconds(table["idle_timeout"], (*path, "idle_timeout"))
+        return ListenConfig(
+            name=name,
+            transport=transport,
+            address=address,
+            host=host or None,
+            port=int(port_text),
+            cert_file=files.get("cert_file"),
+            key_file=files.get("key_file"),
+            ca_file=files.get("ca_file"),
+            require_client_cert=require,
+            expect=tuple(expect),
+            max_identities=max_identities,
+            at_risk_after=at_risk,
+            demoted_after=demoted,
+            idle_timeout=idle,
+        )
+
     # --- the small sections
 
     def _section(self, name: str) -> dict[str, object]:
@@ -1614,6 +1953,32 @@ def _describe_rtp(entries: Sequence[RtpProbeConfig]) -> list[str]:
     return _table_lines(rows)
 
 
+def _describe_listen(entries: Sequence[ListenConfig]) -> list[str]:
+    rows: list[Sequence[str]] = [
+        ("LISTEN", "TRANSPORT", "ADDRESS", "CLIENT CERT", "EXPECT", "AT RISK", "DEMOTED")
+    ]
+    for entry in entries:
+        cert = (
+            "-"
+            if entry.transport == "tcp"
+            else "required"
+            if entry.require_client_cert
+            else ("requested" if entry.ca_file else "no")
+        )
+        rows.append(
+            (
+                entry.name,
+                entry.transport,
+                entry.address,
+                cert,
+                ",".join(entry.expect) or "-",
+                f"> {_seconds_text(entry.at_risk_after)}",
+                f"> {_seconds_text(entry.demoted_after)}",
+            )
+        )
+    return _table_lines(rows)
+
+
 def describe(config: Config) -> str:
     """The expanded probe list, one line per probe (then one per [[rtp]] peer), and a summary line."""
     header = ("PROBE", "TARGET", "LISTENER", "TRANSPORT", "PORT", "MODULE", "INTERVAL", "TIMEOUT", "LABELS")
@@ -1634,9 +1999,11 @@ def describe(config: Config) -> str:
                 labels,
             )
         )
-    lines = _table_lines(rows) if config.probes or not config.rtp else []
+    lines = _table_lines(rows) if config.probes or not (config.rtp or config.listen) else []
     if config.rtp:
         lines += ["", *_describe_rtp(config.rtp)] if lines else _describe_rtp(config.rtp)
+    if config.listen:
+        lines += ["", *_describe_listen(config.listen)] if lines else _describe_listen(config.listen)
     targets = len(config.target_hosts)
     used = sorted({probe.module for probe in config.probes})
     rtp = len(config.rtp)
@@ -1645,5 +2012,10 @@ def describe(config: Config) -> str:
         f" on {targets} host{'s' if targets != 1 else ''}"
         + (f", modules {', '.join(used)}" if used else " ([[targets]] is empty)")
         + (f", {rtp} RTP peer{'s' if rtp != 1 else ''}" if rtp else "")
+        + (
+            f", {len(config.listen)} inbound listener{'s' if len(config.listen) != 1 else ''}"
+            if config.listen
+            else ""
+        )
     )
     return "\n".join(lines)

@@ -7,7 +7,7 @@ logging, and `Daemon.from_config` builds the `ResultStore`, the shared `TLSConte
 `Scheduler`; `Daemon.serve` then runs three things in one nursery until a signal ends them:
 
 - the exporter (`serve_exporter`), started first with `nursery.start` so that a port already in use is a
-  one-line `UserError` before any probe runs;
+  one-line `ListenError` (a `UserError`; `umprobe run` exits 4 on it) before any probe runs;
 - the scheduler (`Scheduler.run`);
 - the signal watcher (the nursery's own body): SIGTERM and SIGINT cancel the nursery (in-flight probes are
   cancelled, their sockets closed, and `run_daemon` returns normally, so the process exits 0 well within
@@ -16,20 +16,27 @@ logging, and `Daemon.from_config` builds the `ResultStore`, the shared `TLSConte
 Signals are received with `trio.open_signal_receiver`, opened before anything else starts, so a SIGHUP
 that arrives early is a reload rather than the default "terminate".
 
-Reload (SIGHUP or `POST /-/reload`, serialized by a lock): `load_config` reads and validates the new file,
-TLS files included (it builds every TLS context with the probes' own code). On success: clear the live
-TLS context cache (so replaced certificate files are read again), `store.set_probes` and `store.set_rtp`,
-`scheduler.update` with every job, SIP probes and `[[rtp]]` sweeps alike (unchanged ones keep their slots
+Reload (SIGHUP or `POST /-/reload`, serialized by a lock): `reload_config` reads and validates the new file
+(`load_config`, TLS files included: it builds every TLS context with the probes' own code; an empty file,
+what an editor leaves for a moment while it rewrites one in place, is refused), then `tls_contexts` reads
+every certificate and key the new jobs use into a new TLS context cache. On success: swap that cache in
+(runs in flight keep the contexts they started with; certificate files are read at start and at each
+successful reload and never in between, so they can be replaced or deleted meanwhile without effect, and a
+replaced certificate takes effect for every probe, and /probe, at the reload), `store.set_probes` and
+`store.set_rtp`, `scheduler.update` with every job, SIP probes and `[[rtp]]` sweeps alike (unchanged ones
+keep their slots
 and series; removed ones stop and their series disappear; the secret file is read again, and a changed
 secret makes a changed RTP job), adopt the new concurrency limit and log settings, and
 `store.set_reload(success=True)`. On failure: one log line with the one-line reason,
 `store.set_reload(success=False, error=...)`, and the old config keeps running untouched. The listen
 address cannot change without a restart; a reload that asks for another one is applied otherwise and says
-so in a warning. Options given on the command line (--listen, --log-format) win over the file, at start
-and on every reload.
+so in a warning; so do the `[[listen]]` sections (inbound OPTIONS, `serve_inbound`: started right after the
+exporter, each with its `InboundBook` in the store; an address that cannot be bound is a `ListenError` too,
+and the listeners are split between shards like probes). Options given on the command line (--listen,
+--log-format) win over the file, at start and on every reload.
 
 trio's nurseries raise exception groups; `run_daemon` unwraps a lone `UserError` (the exporter's "cannot
-listen on ...") so that the command line can print its one line.
+listen on ...", a `ListenError`) so that the command line can print its one line (and exit 4 for it).
 
 A `Daemon` does not need a file: `umprobe demo` builds its `Config` in memory (`parse_config`) and gives
 `Daemon.from_config` a `load` function instead of a path, which a reload calls in place of `load_config`.
@@ -41,25 +48,33 @@ SIGINT and SIGHUP, and the caller's receiver gets them again once it has returne
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import cast
 
 import trio
 
-from umprobe.config import Config, load_config
+from umprobe.config import Config, ConfigError, ListenConfig, ProbeConfig, RtpProbeConfig, load_config
 from umprobe.errors import UserError
 from umprobe.exporter import serve_exporter
+from umprobe.inbound import InboundBook
 from umprobe.logs import LogFormat, configure_logging, log_event
+from umprobe.net.errors import TLSConfigError
+from umprobe.net.tls import TLSClientConfig
+from umprobe.peer.sip_responder import serve_inbound
+from umprobe.probes.result import ProbeResult
 from umprobe.probes.sip_options import TLSContextCache
-from umprobe.scheduler import Scheduler
+from umprobe.probes.sip_options import probe as sip_probe
+from umprobe.scheduler import Job, Scheduler, tune_gc
+from umprobe.secretfile import log_exposed
 from umprobe.shard import ALL, Shard
 from umprobe.store import ResultStore
 
-__all__ = ["Daemon", "lone_user_error", "run_daemon"]
+__all__ = ["Daemon", "lone_user_error", "reload_config", "run_daemon", "tls_contexts"]
 
 _log = logging.getLogger("umprobe.daemon")
 
@@ -68,6 +83,38 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def tls_contexts(jobs: Sequence[Job]) -> TLSContextCache:
+    """A TLS context cache holding every context and client certificate `jobs` use, read from the files
+    now (`TLSConfigError` if one cannot be), so that no probe run ever reads a certificate file."""
+    cache = TLSContextCache()
+    for job in jobs:
+        if isinstance(job, RtpProbeConfig):
+            if job.spec.tls is not None:
+                cache.context(job.spec.tls)
+        elif job.spec.transport == "tls":
+            tls = job.spec.tls or TLSClientConfig()
+            cache.context(tls)
+            cache.client_cert(tls)
+    return cache
+
+
+def reload_config(path: Path) -> Config:
+    """`load_config` for a reload, which also refuses an empty file: a reload that lands while an editor
+    rewrites the file in place (truncate, then write) must not replace every probe with nothing. (At start
+    an empty file is a valid config without probes; a file that is only a comment still is on reload.)"""
+    try:
+        empty = path.stat().st_size == 0
+    except OSError:
+        empty = False  # load_config says why it cannot be read
+    if empty:
+        raise ConfigError(
+            f"{path}: the file is empty (being written?): a reload never replaces the running probes with "
+            "nothing; write the file atomically (a temporary file, then rename)",
+            source=str(path),
+        )
+    return load_config(path)
 
 
 class Daemon:
@@ -86,13 +133,13 @@ class Daemon:
         shard: Shard = ALL,
         vantage: str | None = None,
     ) -> None:
-        """`load` reads the config again on a reload (default: `load_config(config_path)`); a daemon
+        """`load` reads the config again on a reload (default: `reload_config(config_path)`); a daemon
         without a file (`config_path=None`) must give one. `shard` picks this daemon's share of the
         config's jobs (all of them by default); `vantage` labels every per-probe series."""
         if load is None:
             if config_path is None:
                 raise ValueError("a Daemon needs a config_path or a load function")
-            load = partial(load_config, config_path)
+            load = partial(reload_config, config_path)
         self.config_path = config_path
         self.config = config
         self.store = store
@@ -104,6 +151,8 @@ class Daemon:
         self._lock = trio.Lock()
         self.shard = shard
         self.vantage = vantage
+        # [[listen]]: this shard's inbound OPTIONS listeners and their books (changes need a restart)
+        self.inbound: tuple[tuple[ListenConfig, InboundBook], ...] = ()
 
     @classmethod
     def from_config(
@@ -123,11 +172,29 @@ class Daemon:
         store.set_probes(shard.select(config.probes))
         store.set_rtp(shard.select(config.rtp))
         store.set_reload(success=True, at=time.time())
-        scheduler = Scheduler(
-            store, max_concurrency=config.scheduler.max_concurrency, contexts=TLSContextCache()
+        jobs = shard.select(config.jobs)
+        try:
+            contexts = tls_contexts(jobs)
+        except TLSConfigError as exc:  # a file gone since load_config read it
+            raise ConfigError(f"{config.source}: {exc}", source=config.source) from None
+        scheduler = Scheduler(store, max_concurrency=config.scheduler.max_concurrency, contexts=contexts)
+        scheduler.update(jobs)
+        inbound = tuple(
+            (
+                listen,
+                InboundBook(
+                    listen.name,
+                    started_at=time.time(),
+                    expect=listen.expect,
+                    max_identities=listen.max_identities,
+                    at_risk_after=listen.at_risk_after,
+                    demoted_after=listen.demoted_after,
+                ),
+            )
+            for listen in shard.select(config.listen)
         )
-        scheduler.update(shard.select(config.jobs))
-        return cls(
+        store.set_inbound([book for _, book in inbound])
+        daemon = cls(
             config_path,
             config,
             store=store,
@@ -138,6 +205,8 @@ class Daemon:
             shard=shard,
             vantage=vantage if vantage is not None else config.exporter.vantage,
         )
+        daemon.inbound = inbound
+        return daemon
 
     @property
     def source(self) -> str:
@@ -148,6 +217,10 @@ class Daemon:
         """The config in force (for the exporter's /probe and status page)."""
         return self.config
 
+    async def run_probe(self, probe: ProbeConfig, deadline: float) -> Sequence[ProbeResult]:
+        """One /probe run, with the TLS contexts in force (the certificates the last (re)load read)."""
+        return await sip_probe(probe.spec, deadline=deadline, contexts=self.scheduler.contexts)
+
     async def reload(self, source: str = "http") -> bool:
         """Re-read the config file; True if the new one is in force, False if it was rejected (logged)."""
         async with self._lock:
@@ -156,12 +229,16 @@ class Daemon:
     def _reload_now(self, source: str) -> bool:
         try:
             new = self._load()
-        except UserError as exc:
+            contexts = tls_contexts(self.shard.select(new.jobs))
+        except (UserError, TLSConfigError) as exc:
             return self._reject(source, str(exc), None)
         except Exception as exc:  # a bug while loading must not take the running daemon down
             return self._reject(source, f"{type(exc).__name__}: {exc}", exc)
         old = self.config
-        self.scheduler.contexts.clear()
+        # Every certificate and key the new config uses was read just now: from here on, the files may be
+        # replaced or deleted without effect until the next successful reload.
+        self.scheduler.contexts, previous = contexts, self.scheduler.contexts
+        previous.clear()
         self.store.set_probes(self.shard.select(new.probes))
         self.store.set_rtp(self.shard.select(new.rtp))
         summary = self.scheduler.update(self.shard.select(new.jobs))
@@ -170,6 +247,7 @@ class Daemon:
             configure_logging(fmt=self._log_format or new.log.format, level=new.log.level)
         self.config = new
         self.store.set_reload(success=True, at=time.time())
+        log_exposed(new, _log, own_gid=os.getegid())  # key and secret files others may read: a warning each
         log_event(
             _log,
             logging.INFO,
@@ -190,6 +268,14 @@ class Daemon:
                 "exporter.listen changed; restart umprobe to listen there",
                 listening=self.listen,
                 wanted=new.exporter.listen,
+            )
+        if self.shard.select(new.listen) != tuple(listen for listen, _ in self.inbound):
+            log_event(
+                _log,
+                logging.WARNING,
+                "[[listen]] changed; restart umprobe to apply it (the running listeners stay as they are)",
+                listening=",".join(listen.name for listen, _ in self.inbound),
+                wanted=",".join(listen.name for listen in self.shard.select(new.listen)),
             )
         if new.exporter.vantage != old.exporter.vantage and self.vantage == old.exporter.vantage:
             log_event(
@@ -236,10 +322,13 @@ class Daemon:
                         self.store,
                         get_config=self.get_config,
                         reload=self.reload,
+                        run_probe=self.run_probe,
                         vantage=self.vantage,
                     )
                 )
                 self.bound = bound
+                for listen, book in self.inbound:
+                    await nursery.start(partial(serve_inbound, listen, book))
                 await nursery.start(self.scheduler.run)
                 log_event(
                     _log,
@@ -249,6 +338,7 @@ class Daemon:
                     listen=" ".join(_hostport(str(h), int(p)) for h, p in bound),
                     probes=len(self.shard.select(self.config.probes)),
                     rtp_peers=len(self.shard.select(self.config.rtp)),
+                    inbound_listeners=len(self.inbound),
                     max_concurrency=self.scheduler.max_concurrency,
                     shard=str(self.shard),
                     vantage=self.vantage or "",
@@ -286,13 +376,16 @@ async def run_daemon(
     shard: Shard = ALL,
     vantage: str | None = None,
 ) -> None:
-    """Run `umprobe run` until SIGTERM/SIGINT. Raises `UserError` (one line, exit 3) for a bad config or an
-    exporter address that cannot be bound. `shard` and `vantage` (the command line's) win over the file."""
+    """Run `umprobe run` until SIGTERM/SIGINT. Raises `UserError` (one line, exit 3) for a bad config and
+    `ListenError` (one line, exit 4) for an exporter address that cannot be bound. `shard` and `vantage`
+    (the command line's) win over the file."""
     if log_format not in (None, "text", "json"):
         raise UserError(f"--log-format must be text or json, not {log_format!r}")
     fmt = cast("LogFormat | None", log_format)
     config = load_config(config_path)
+    tune_gc()  # the collector was the scheduler's largest source of lateness at 10,000 listeners
     configure_logging(fmt=fmt or config.log.format, level=config.log.level)
+    log_exposed(config, _log, own_gid=os.getegid())  # key and secret files others may read: a warning each
     daemon = Daemon.from_config(
         config,
         listen=listen or config.exporter.listen,

@@ -3,10 +3,13 @@
 Theory of operation
 -------------------
 A small HTTP/1.1 server: trio does the I/O, h11 (sans-I/O) the protocol. `serve_exporter` binds the
-listen address (a taken port is a one-line `UserError` naming it), reports the bound addresses through
-`task_status.started(...)` and serves until cancelled. One task per connection, in trio's
-`serve_listeners` nursery; each connection is a loop of read request -> route -> write response, with
-keep-alive as h11 allows it. Server policy, per connection:
+listen address (a taken port is a one-line `ListenError` naming it), reports the bound addresses through
+`task_status.started(...)` and serves until cancelled. One task per connection, in one nursery fed by an
+accept loop per listener (`_accept_forever`: trio's `serve_listeners`, but when the process is out of file
+descriptors it backs off to one retry a second and logs the shortage at most once a minute, instead of an
+ERROR line every 0.1 s; waiting connections stay in the backlog and are served when descriptors free up);
+each connection is a loop of read request -> route -> write response, with keep-alive as h11 allows it.
+Server policy, per connection:
 
 * at most `MAX_HEADER_BYTES` of request line and headers (h11 answers 431 beyond that) and
   `MAX_BODY_BYTES` of body (413);
@@ -22,7 +25,7 @@ Endpoints:
 * `GET /metrics`: the `UmprobeCollector` over the store plus prometheus_client's process collector, in
   the Prometheus text format 0.0.4.
 * `GET /probe?target=HOST[:PORT]&module=NAME[&debug=true]`: one run now, blackbox_exporter style (see
-  `probe_timeout` for the deadline), rendered from a fresh registry by `umprobe.metrics.probe_page`; never
+  `probe_timeout` for the deadline), rendered by `umprobe.metrics.probe_page`; never
   recorded in the store. TARGET is parsed by `umprobe.targets.parse_target` (a `sip:`/`sips:` URI works);
   the port defaults to the module's port, then 5060 (tcp) / 5061 (tls). When the target, port and module
   match a configured probe, that probe's labels and listener name are used. The host must be allowed
@@ -40,15 +43,19 @@ Endpoints:
 
 from __future__ import annotations
 
+import errno
 import html
 import ipaddress
 import logging
 import math
+import re
 import urllib.parse
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from http import HTTPStatus
+from typing import TypeVar
 
 import h11
 import trio
@@ -58,13 +65,22 @@ from prometheus_client.registry import CollectorRegistry
 from umprobe._version import __version__
 from umprobe.config import Config, ModuleConfig, ProbeConfig, RtpProbeConfig, duration_text
 from umprobe.errors import UserError
-from umprobe.metrics import CONTENT_TYPE, UmprobeCollector, describe_result, probe_page, render_metrics
+from umprobe.metrics import (
+    CONTENT_TYPE,
+    UmprobeCollector,
+    describe_result,
+    probe_page,
+    render_metrics,
+    write_metrics,
+)
 from umprobe.net.errors import TLSConfigError
+from umprobe.policy import Verdict, evaluate_probe
 from umprobe.probes.result import ProbeResult
 from umprobe.probes.rtp_result import BLOCK_SYMBOLS, RtpResult, render_map
 from umprobe.probes.sip_options import TLSContextCache
 from umprobe.probes.sip_options import probe as sip_probe
-from umprobe.store import ResultStore
+from umprobe.profiles import get_profile
+from umprobe.store import AddressStats, ResultStore
 from umprobe.targets import TargetError, parse_target
 
 __all__ = [
@@ -77,6 +93,7 @@ __all__ = [
     "SCRAPE_TIMEOUT_OFFSET",
     "WRITE_TIMEOUT",
     "ListenAddressError",
+    "ListenError",
     "RunProbe",
     "allow_reason",
     "parse_listen",
@@ -112,6 +129,11 @@ _HTML = "text/html; charset=utf-8"
 
 class ListenAddressError(UserError, ValueError):
     """A listen address that is not HOST:PORT, [IPv6]:PORT or :PORT; the message names the value."""
+
+
+class ListenError(UserError):
+    """The listen address is well formed but cannot be bound (in use, not an address of this host, not
+    permitted); the message names the address and the system's reason. `umprobe run` exits 4 on it."""
 
 
 # -- pure helpers ----------------------------------------------------------------------------------------
@@ -179,6 +201,48 @@ def _norm_host(host: str) -> str:
         return bare.rstrip(".").lower()
 
 
+@dataclass(frozen=True, slots=True)
+class _ConfigIndex:
+    """What /probe looks up in a config on every request, built once per config object (not once per
+    request: with 10,000 probes a scan that parses every host costs tens of milliseconds)."""
+
+    hosts: frozenset[str]  # normalised hosts and targets of every configured probe
+    probes: dict[tuple[str, int, str], ProbeConfig]  # (module, port, normalised host) -> the first probe
+    # What /probe worked out for this config before (Prometheus asks for the same few targets again and
+    # again), at most _REMEMBERED of each: (target, module) -> its probe; host -> `allow_reason`'s answer.
+    adhoc: dict[tuple[str, str], ProbeConfig] = field(default_factory=dict)
+    allowed: dict[str, str | None] = field(default_factory=dict)
+
+
+_REMEMBERED = 1024
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _remember(cache: dict[_K, _V], key: _K, value: _V) -> _V:
+    if len(cache) >= _REMEMBERED:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
+_INDEX_CACHE: list[tuple[Config, _ConfigIndex]] = []  # the last config indexed (a reload replaces it)
+
+
+def _index(config: Config) -> _ConfigIndex:
+    if _INDEX_CACHE and _INDEX_CACHE[0][0] is config:
+        return _INDEX_CACHE[0][1]
+    hosts: set[str] = set()
+    probes: dict[tuple[str, int, str], ProbeConfig] = {}
+    for probe in config.probes:
+        host = _norm_host(probe.spec.host)
+        hosts.update((host, _norm_host(probe.target)))
+        probes.setdefault((probe.module, probe.spec.port, host), probe)
+    index = _ConfigIndex(frozenset(hosts), probes)
+    _INDEX_CACHE[:] = [(config, index)]
+    return index
+
+
 def allow_reason(host: str, config: Config) -> str | None:
     """None if /probe may probe `host`, else the one-line reason why not.
 
@@ -186,8 +250,15 @@ def allow_reason(host: str, config: Config) -> str | None:
     CIDRs (match IP-literal targets only: a name is not resolved to be checked), host names (exact, case
     does not matter) and `*.suffix` patterns (names under the suffix).
     """
+    allowed = _index(config).allowed
+    if host in allowed:
+        return allowed[host]
+    return _remember(allowed, host, _allow_reason(host, config))
+
+
+def _allow_reason(host: str, config: Config) -> str | None:
     host = _norm_host(host)
-    if any(_norm_host(p.spec.host) == host or _norm_host(p.target) == host for p in config.probes):
+    if host in _index(config).hosts:
         return None
     try:
         ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
@@ -248,6 +319,8 @@ class _Request:
     query: dict[str, list[str]]
     headers: dict[str, str]  # lower-case name -> value (the last one)
     body: bytes
+    # Read by `_simple_request`, not h11: answer it with `_response_bytes`, not through h11.
+    simple: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +330,8 @@ class _Response:
     content_type: str = _TEXT
     headers: tuple[tuple[str, str], ...] = ()
     close: bool = False
+    # A body written piece by piece while it is made (`body` is then empty): sent chunked, no length.
+    stream: Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]] | None = None
 
 
 def _text(
@@ -340,6 +415,11 @@ class _App:
                     await _linger(stream)
                 return
             response = await self._dispatch(request)
+            if request.simple:  # h11 has not seen it and stays idle, waiting for the next request
+                await self._write(stream, _response_bytes(response))
+                if response.close:
+                    return
+                continue
             await self._send(conn, stream, response, head=request.method == "HEAD")
             if response.close or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return
@@ -371,6 +451,9 @@ class _App:
                 if data and not started:
                     started = True
                     deadline = min(deadline, trio.current_time() + REQUEST_TIMEOUT)
+                    simple = _simple_request(data, conn)
+                    if simple is not None:
+                        return simple
                 conn.receive_data(data)
                 continue
             if isinstance(event, h11.ConnectionClosed):
@@ -403,22 +486,21 @@ class _App:
     async def _send(
         self, conn: h11.Connection, stream: trio.SocketStream, response: _Response, *, head: bool
     ) -> None:
-        headers = [
-            ("content-type", response.content_type),
-            ("content-length", str(len(response.body))),
-            ("server", f"umprobe/{__version__}"),
-            ("x-content-type-options", "nosniff"),
-            ("cache-control", "no-store"),
-            *response.headers,
-        ]
-        if response.close:
-            headers.append(("connection", "close"))
+        headers = _response_headers(response)
         data = conn.send(
             h11.Response(status_code=response.status, headers=headers, reason=_phrase(response.status))
         )
         data = data or b""
         if response.body and not head:
             data += conn.send(h11.Data(data=response.body)) or b""
+        if response.stream is not None and not head:
+            await self._write(stream, data)
+            data = b""
+
+            async def send_piece(piece: bytes) -> None:
+                await self._write(stream, conn.send(h11.Data(data=piece)))
+
+            await response.stream(send_piece)
         data += conn.send(h11.EndOfMessage()) or b""
         await self._write(stream, data)
 
@@ -456,7 +538,10 @@ class _App:
         return _Response(200, b"OK", _TEXT)
 
     async def _metrics(self, request: _Request) -> _Response:
-        return _Response(200, render_metrics(self.registry), CONTENT_TYPE)
+        if request.method == "HEAD":  # the length of the page, without it
+            return _Response(200, render_metrics(self.registry), CONTENT_TYPE)
+        # At 10,000 listeners the page is ~60 MB: made and sent piece by piece, letting the scheduler run.
+        return _Response(200, b"", CONTENT_TYPE, stream=partial(write_metrics, self.registry))
 
     async def _reload(self) -> _Response:
         async with self._reload_lock:
@@ -552,11 +637,73 @@ async def _linger(stream: trio.SocketStream) -> None:
 
 
 def _make_request(head: h11.Request, body: bytes) -> _Request:
-    target = head.target.decode("latin-1")
-    parts = urllib.parse.urlsplit(target)
+    return _request(head.method, head.target, head.headers, body)
+
+
+def _request(
+    method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]], body: bytes, *, simple: bool = False
+) -> _Request:
+    parts = urllib.parse.urlsplit(target.decode("latin-1"))
     query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
-    headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in head.headers}
-    return _Request(head.method.decode("latin-1").upper(), parts.path or "/", query, headers, body)
+    names = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in headers}
+    return _Request(method.decode("latin-1").upper(), parts.path or "/", query, names, body, simple)
+
+
+# The /probe request Prometheus sends, whole in one read, is read without h11 (h11's parsing and writing
+# cost about a tenth of a TCP probe's CPU): `GET /probe?... HTTP/1.1`, one Host header, no body and no
+# header that changes the exchange (framing, Connection, Expect, Upgrade), every line in the plain form
+# below, and nothing after it. Anything else goes to h11, which then sees the bytes as if this did not exist.
+_SIMPLE_HEAD = re.compile(
+    rb"GET (/probe(?:\?[\x21-\x7e]*)?) HTTP/1\.1\r\n"
+    rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?\r\n)*)\r\n"
+)
+_NOT_SIMPLE = frozenset({b"content-length", b"transfer-encoding", b"connection", b"expect", b"upgrade"})
+
+
+def _simple_request(data: bytes, conn: h11.Connection) -> _Request | None:
+    """`data` as a `_Request` if it is exactly one simple /probe request (above) and h11 is between
+    requests with nothing buffered; else None (h11 reads it)."""
+    if len(data) > MAX_HEADER_BYTES or conn.our_state is not h11.IDLE or conn.their_state is not h11.IDLE:
+        return None
+    match = _SIMPLE_HEAD.fullmatch(data)
+    if match is None or conn.trailing_data != (b"", False):
+        return None
+    headers: list[tuple[bytes, bytes]] = []
+    hosts = 0
+    for line in match[2].split(b"\r\n")[:-1]:
+        name, _, value = line.partition(b": ")
+        name = name.lower()
+        if name in _NOT_SIMPLE:
+            return None
+        hosts += name == b"host"
+        headers.append((name, value))
+    if hosts != 1:
+        return None
+    return _request(b"GET", match[1], headers, b"", simple=True)
+
+
+def _response_headers(response: _Response) -> list[tuple[str, str]]:
+    headers = [
+        ("content-type", response.content_type),
+        *([("content-length", str(len(response.body)))] if response.stream is None else []),
+        ("server", f"umprobe/{__version__}"),
+        ("x-content-type-options", "nosniff"),
+        ("cache-control", "no-store"),
+        *response.headers,
+    ]
+    if response.close:
+        headers.append(("connection", "close"))
+    return headers
+
+
+def _response_bytes(response: _Response) -> bytes:
+    """What h11 writes for `response` to a simple request (a GET with keep-alive, no body): the status
+    line, the headers as `_send` gives them and the body, framed by its Content-Length."""
+    if response.stream is not None:
+        raise AssertionError("a simple request is never answered with a streamed body")
+    head = [b"HTTP/1.1 %d %s\r\n" % (response.status, _phrase(response.status))]
+    head += [f"{name}: {value}\r\n".encode("ascii") for name, value in _response_headers(response)]
+    return b"".join([*head, b"\r\n", response.body])
 
 
 def _param(request: _Request, name: str) -> str | None:
@@ -570,6 +717,14 @@ def _param(request: _Request, name: str) -> str | None:
 
 def _probe_config(target: str, module: ModuleConfig, config: Config) -> ProbeConfig:
     """The probe /probe runs: the configured one if target, port and module match, else an ad-hoc one."""
+    adhoc = _index(config).adhoc
+    probe = adhoc.get((target, module.name))
+    if probe is None:
+        probe = _remember(adhoc, (target, module.name), _make_probe_config(target, module, config))
+    return probe
+
+
+def _make_probe_config(target: str, module: ModuleConfig, config: Config) -> ProbeConfig:
     parsed = parse_target(target)
     if parsed.transport is not None and parsed.transport != module.transport:
         raise _BadRequest(
@@ -577,10 +732,9 @@ def _probe_config(target: str, module: ModuleConfig, config: Config) -> ProbeCon
             f"uses {module.transport}"
         )
     port = parsed.port or module.port or _DEFAULT_PORTS[module.transport]
-    host = _norm_host(parsed.host)
-    for probe in config.probes:
-        if probe.module == module.name and probe.spec.port == port and _norm_host(probe.spec.host) == host:
-            return probe
+    configured = _index(config).probes.get((module.name, port, _norm_host(parsed.host)))
+    if configured is not None:
+        return configured
     spec = module.spec_for(parsed.host, port, uri_scheme="sips" if parsed.scheme == "sips" else "sip")
     return ProbeConfig(
         id=f"{parsed.host}|{spec.listener}|{spec.transport}|{port}|{module.name}",
@@ -640,6 +794,7 @@ def _render_status(store: ResultStore, get_config: Callable[[], Config]) -> str:
         "</p>",
         '<p><a href="/metrics">metrics</a> &middot; <a href="/-/healthy">health</a></p>',
         "<table><tr><th>probe</th><th>module</th><th>listener</th><th>address</th><th>result</th>"
+        "<th>state (thresholds)</th>"
         "<th>phase</th><th>SIP status</th><th>total</th><th>when (UTC)</th><th>detail</th></tr>",
     ]
     failures: list[tuple[ProbeConfig, ProbeResult]] = []
@@ -650,18 +805,22 @@ def _render_status(store: ResultStore, get_config: Callable[[], Config]) -> str:
             f"<td>{_e(probe.name)}</td><td>{_e(probe.module)}</td><td>{_e(probe.spec.listener)}</td>"
         )
         if not results:
-            out.append(f'<tr>{cells_probe}<td colspan="7" class="none">not run yet</td></tr>')
+            out.append(f'<tr>{cells_probe}<td colspan="8" class="none">not run yet</td></tr>')
             continue
+        stats = {s.address: s for s in store.address_stats(probe.id)}
         for r in results:
             verdict = '<td class="ok">ok</td>' if r.success else f'<td class="fail">{_e(r.reason.value)}</td>'
             total = "-" if r.timings.total is None else f"{r.timings.total * 1000:.1f} ms"
             out.append(
                 f"<tr>{cells_probe}<td>{_e(r.address or '-')}</td>{verdict}"
+                f"{_threshold_cell(probe, stats.get(r.address))}"
                 f"<td>{_e(r.phase.value if r.phase else '')}</td>"
                 f"<td>{_e(r.status_code if r.status_code is not None else '-')}</td>"
                 f"<td>{_e(total)}</td><td>{_e(_when(r))}</td><td>{_e(r.detail)}</td></tr>"
             )
     out.append("</table>")
+    out += _policy_section(store, probes)
+    out += _inbound_section(store)
     out.append("<h2>Last failure of each probe</h2>")
     if not failures:
         out.append('<p class="none">none yet</p>')
@@ -679,6 +838,95 @@ def _render_status(store: ResultStore, get_config: Callable[[], Config]) -> str:
         out += _rtp_section(store, entry)
     out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+_POLICY_STATE = {True: ("ok", "compliant"), False: ("fail", "NOT compliant"), None: ("none", "not judged")}
+
+
+def _threshold_cell(probe: ProbeConfig, stats: AddressStats | None) -> str:
+    """The up/down state of one listener by its module's thresholds (umprobe.updown), with its counts."""
+    t = probe.thresholds
+    if stats is None:
+        return '<td class="none">-</td>'
+    css = {"up": "ok", "down": "fail"}.get(stats.state, "none")
+    text = (
+        f"{stats.state}; in a row: {stats.consecutive_successes} ok, {stats.consecutive_failures} failed;"
+        f" transitions: {stats.down_transitions} down, {stats.up_transitions} up;"
+        f" thresholds: down after {t.failures_before_down}, up after {t.successes_before_up}"
+    )
+    return f'<td class="{css}">{_e(text)}</td>'
+
+
+def _policy_section(store: ResultStore, probes: Sequence[ProbeConfig]) -> list[str]:
+    """Probes of a profile with a policy: compliant or not, the failed (and not yet known) rules and why.
+    Nothing at all when no probe has one, so an Exchange-only page is as it was."""
+    rows: list[str] = []
+    for probe in probes:
+        policy = get_profile(probe.profile).policy if probe.profile is not None else None
+        if policy is None:
+            continue
+        for r in store.latest(probe.id):
+            report = evaluate_probe(policy, probe.spec, r)
+            css, text = _POLICY_STATE[report.compliant]
+            why = [
+                f"{rule.rule} ({rule.verdict.value}): {rule.detail}"
+                for rule in report.results
+                if rule.verdict in (Verdict.FAIL, Verdict.UNKNOWN)
+            ]
+            rows.append(
+                f"<tr><td>{_e(probe.name)}</td><td>{_e(probe.profile)}</td><td>{_e(r.address or '-')}</td>"
+                f'<td class="{css}">{_e(text)}</td><td>{_e(", ".join(report.failed) or "-")}</td>'
+                f"<td>{'<br>'.join(_e(line) for line in why) or '-'}</td></tr>"
+            )
+    if not rows:
+        return []
+    return [
+        "<h2>Profile policy</h2>",
+        "<table><tr><th>probe</th><th>profile</th><th>address</th><th>policy</th><th>failed rules</th>"
+        "<th>why</th></tr>",
+        *rows,
+        "</table>",
+    ]
+
+
+_INBOUND_CSS = {"active": "ok", "waiting": "none", "at_risk": "fail", "demoted": "fail"}
+
+
+def _inbound_section(store: ResultStore) -> list[str]:
+    """Inbound OPTIONS ([[listen]]): per calling identity, its state in the demotion view, the silence
+    since its last good exchange, interval, counts and detail. Nothing when there is no listener."""
+    out: list[str] = []
+    for view in store.inbound_views():
+        if not out:
+            out.append("<h2>Inbound OPTIONS</h2>")
+        other = sum(count for _, count in view.other)
+        out.append(
+            f"<p>listen {_e(view.listen)}: at_risk after {view.at_risk_after:g} s, demoted after"
+            f" {view.demoted_after:g} s of silence; {len(view.identities)} identities"
+            f" (at most {view.max_identities} not expected); evicted {view.evicted}"
+            f" (their OPTIONS: {other})</p>"
+        )
+        out.append(
+            "<table><tr><th>identity</th><th>expected</th><th>state</th><th>since last good</th>"
+            "<th>interval</th><th>last seen (UTC)</th><th>OPTIONS</th><th>source</th><th>From host</th>"
+            "<th>Contact host</th></tr>"
+        )
+        for i in view.identities:
+            seen = (
+                "-"
+                if i.last_seen is None
+                else datetime.fromtimestamp(i.last_seen, UTC).isoformat("T", "seconds")
+            )
+            answers = ", ".join(f"{answer}: {count}" for answer, count in i.answers if count) or "0"
+            out.append(
+                f"<tr><td>{_e(i.identity)}</td><td>{'yes' if i.expected else 'no'}</td>"
+                f'<td class="{_INBOUND_CSS[i.state]}">{_e(i.state)}</td><td>{i.silence:.1f} s</td>'
+                f"<td>{'-' if i.interval is None else f'{i.interval:.2f} s'}</td><td>{_e(seen)}</td>"
+                f"<td>{_e(answers)}</td><td>{_e(i.source or '-')}</td><td>{_e(i.from_host or '-')}</td>"
+                f"<td>{_e(i.contact_host or '-')}</td></tr>"
+            )
+        out.append("</table>")
+    return out
 
 
 def _pct(ratio: float | None) -> str:
@@ -764,18 +1012,61 @@ async def serve_exporter(
     `task_status.started()` gets the bound (host, port) pairs (one per address family for `":PORT"`; with
     port 0 the ports are the ones the system picked). `run_probe` replaces the SIP probe of /probe (tests);
     `vantage` adds a `vantage` label to every per-probe series. Raises `ListenAddressError` (a `UserError`
-    and a `ValueError`) for a malformed `listen`, and `UserError` naming the address when it cannot be bound.
+    and a `ValueError`) for a malformed `listen`, and `ListenError` (a `UserError`) naming the address when
+    it cannot be bound.
     """
     host, port = parse_listen(listen)
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
     except OSError as exc:
-        raise UserError(f"exporter: cannot listen on {listen}: {exc.strerror or exc}") from exc
+        raise ListenError(f"exporter: cannot listen on {listen}: {exc.strerror or exc}") from exc
     app = _App(store, get_config, reload, run_probe, vantage, idle_timeout)
     bound = tuple(_sockname(listener) for listener in listeners)
     _log.info("exporter listening on %s", ", ".join(_hostport(h, p) for h, p in bound))
     task_status.started(bound)
-    await trio.serve_listeners(app.serve_connection, listeners)
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(_accept_forever, listener, app.serve_connection, nursery)
+
+
+#: accept() errors that mean "this process is short of something", not "this listener is broken".
+_ACCEPT_SHORTAGE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_RETRY_MAX = 1.0
+_ACCEPT_LOG_EVERY = 60.0
+
+
+async def _accept_forever(
+    listener: trio.SocketListener,
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
+    nursery: trio.Nursery,
+) -> None:
+    """trio.serve_listeners, with a quieter answer to a descriptor shortage: trio logs an ERROR and retries
+    every 0.1 s (ten lines a second for as long as it lasts); here the retries back off to one a second
+    and the shortage is logged at most once a minute. A connection waiting meanwhile stays in the listen
+    backlog and is served when a descriptor frees up. (The daemon's `ResourceAlarm` says when it is over.)"""
+    delay = 0.0
+    logged_at = -math.inf
+    where = _hostport(*_sockname(listener))
+    async with listener:  # closed when cancelled, as serve_listeners does
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_SHORTAGE:
+                    raise
+                if trio.current_time() - logged_at >= _ACCEPT_LOG_EVERY:
+                    logged_at = trio.current_time()
+                    _log.error(
+                        "exporter: cannot accept connections on %s: %s (%s); they wait until it passes",
+                        where,
+                        exc.strerror,
+                        errno.errorcode.get(exc.errno or 0, "?"),
+                    )
+                delay = min(max(delay * 2, 0.1), _ACCEPT_RETRY_MAX)
+                await trio.sleep(delay)
+                continue
+            delay = 0.0
+            nursery.start_soon(handler, stream)
 
 
 def _sockname(listener: trio.SocketListener) -> tuple[str, int]:

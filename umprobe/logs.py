@@ -12,22 +12,27 @@ holds for whatever is added later.
 
 `ProbeStateLog` turns a stream of probe results into the few lines an operator wants: the first result of
 each (probe, address), and every change of state (up -> down, down -> up, or a different failure reason)
-once, never once per interval.
+once, never once per interval. `ProbeStateLog.threshold_changes` adds one line when a listener's up/down
+state by its module's thresholds (umprobe.updown) changes: up -> down, down -> up, and a first judgement of
+"down" (a first "up" is the normal start and stays quiet).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
-from collections.abc import Collection, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal, TextIO
 
 if TYPE_CHECKING:
     from umprobe.config import ProbeConfig
     from umprobe.probes.result import ProbeResult
+    from umprobe.store import ThresholdChange
 
 __all__ = [
     "FIELDS_ATTR",
@@ -36,6 +41,7 @@ __all__ = [
     "LogFormat",
     "LogfmtFormatter",
     "ProbeStateLog",
+    "ResourceAlarm",
     "configure_logging",
     "log_event",
     "parse_level",
@@ -175,6 +181,119 @@ def configure_logging(*, fmt: LogFormat = "text", level: str = "info", stream: T
 
 _State = tuple[bool, str]  # (success, reason)
 
+_LOCAL = "local_resource_error"
+
+
+def _open_file_limits() -> tuple[int | None, int | None]:
+    """The soft and hard open-file limits, from /proc/self/limits (Linux); (None, None) where there is none.
+
+    Read from /proc rather than with the `resource` module, which Windows lacks: this module is also
+    imported by the echo peer, which must run there (tests/peer/test_portability.py)."""
+    try:
+        with open("/proc/self/limits", encoding="ascii") as limits:
+            for line in limits:
+                if line.startswith("Max open files"):
+                    soft, hard = line.split()[3:5]
+                    return (
+                        None if soft == "unlimited" else int(soft),
+                        None if hard == "unlimited" else int(hard),
+                    )
+    except (OSError, ValueError):
+        pass
+    return None, None
+
+
+def _open_descriptors() -> int | None:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
+
+
+class ResourceAlarm:
+    """The daemon's one voice about its own shortage: probe runs that failed with `local_resource_error`
+    (out of file descriptors, memory, buffers or local ports).
+
+    One ERROR line when the first one comes (with the open-file limit and how many descriptors are open),
+    one ERROR reminder every `remind` seconds while they keep coming, and one INFO line once none has come
+    for `quiet` seconds and fewer than `headroom` of the limit's descriptors are open. Never one per run:
+    under the shortage every run could fail, and a log line per run would make it worse.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        quiet: float = 5.0,
+        remind: float = 300.0,
+        headroom: float = 0.8,
+    ) -> None:
+        self._logger = logger
+        self._clock = clock
+        self._quiet = quiet
+        self._remind = remind
+        self._headroom = headroom
+        self.active = False
+        self._failed = 0
+        self._since = self._last = self._reminded = self._checked = 0.0
+        # Read now, while a descriptor is free: reading /proc needs one, and the alarm speaks when none is.
+        self._limits = _open_file_limits()
+
+    def failed(self, detail: str) -> None:
+        now = self._clock()
+        self._failed += 1
+        self._last = now
+        fds = "EMFILE" in detail or "ENFILE" in detail
+        what = "out of file descriptors" if fds else "out of local resources"
+        if not self.active:
+            self.active, self._since, self._reminded = True, now, now
+            soft, hard = self._limits
+            log_event(
+                self._logger,
+                logging.ERROR,
+                f"{what}: probe runs fail with reason local_resource_error (not the targets' fault) until "
+                "they free up; raise the open-file limit (systemd LimitNOFILE=, ulimit -n) or lower "
+                "scheduler.max_concurrency",
+                limit=soft,
+                hard_limit=hard,
+                open=_open_descriptors(),
+                detail=detail,
+            )
+        elif now - self._reminded >= self._remind:
+            self._reminded = now
+            log_event(
+                self._logger,
+                logging.ERROR,
+                f"still {what}",
+                failed_runs=self._failed,
+                seconds=round(now - self._since, 1),
+                open=_open_descriptors(),
+                detail=detail,
+            )
+
+    def succeeded(self) -> None:
+        if not self.active:
+            return
+        now = self._clock()
+        if now - self._last < self._quiet or now - self._checked < 1.0:
+            return
+        self._checked = now
+        soft, _hard = self._limits
+        open_now = _open_descriptors()
+        if open_now is None or (soft is not None and open_now > self._headroom * soft):
+            return
+        log_event(
+            self._logger,
+            logging.INFO,
+            "file descriptors available again: probe runs are judged on their own again",
+            failed_runs=self._failed,
+            seconds=round(self._last - self._since, 1),
+            open=open_now,
+            limit=soft,
+        )
+        self.active, self._failed = False, 0
+
 
 class ProbeStateLog:
     """Logs the first result and every state change of each (probe, address), once.
@@ -182,22 +301,43 @@ class ProbeStateLog:
     A state is (success, reason): up -> down, down -> up and "down for a different reason" each produce
     one line; a probe that stays in one state stays quiet. Per-address, because a dual-stack listener can
     be up on IPv4 and down on IPv6.
+
+    A `local_resource_error` result says nothing about its target (this host ran out of descriptors): it
+    goes to the `ResourceAlarm` and leaves the probe's state as it was, so that a shortage is one line, not
+    a storm of "state changed" lines for every probe, and what is logged afterwards compares with what the
+    targets really did before.
     """
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self._logger = logger or logging.getLogger(f"{LOGGER_NAME}.probe")
         self._states: dict[str, dict[str, _State]] = {}
         self._errors: dict[str, str] = {}
+        self.alarm = ResourceAlarm(logging.getLogger(LOGGER_NAME))
 
     def observe(self, probe: ProbeConfig, results: Sequence[ProbeResult]) -> None:
         """Compare `results` with the last ones seen for `probe` and log what changed."""
         self._errors.pop(probe.id, None)
+        local = [r for r in results if str(r.reason) == _LOCAL]
+        for result in local:
+            self.alarm.failed(result.detail)
+        if local:
+            results = [r for r in results if str(r.reason) != _LOCAL]
+            if not results:
+                return
+        else:
+            self.alarm.succeeded()
         known = self._states.setdefault(probe.id, {})
-        seen: dict[str, _State] = {}
+        seen: dict[str, _State] = {r.address: known[r.address] for r in local if r.address in known}
+        # A name that stops resolving has one result without an address (dns_error) where it had one per
+        # address, and a name that resolves again the other way round: that is a change of the probe's
+        # state (compared with its best address before), not a first result, and no address is "gone".
+        whole = bool(known) and all(not r.address for r in results) != all(not a for a in known)
         for result in results:
             state: _State = (result.success, str(result.reason))
             seen[result.address] = state
             before = known.get(result.address)
+            if before is None and whole:
+                before = max(known.values())
             if before == state:
                 continue
             level = logging.INFO if result.success else logging.WARNING
@@ -219,7 +359,7 @@ class ProbeStateLog:
                 detail=None if result.success else result.detail,
                 total_seconds=result.timings.total,
             )
-        for address in set(known) - set(seen):
+        for address in set() if whole else set(known) - set(seen):
             log_event(
                 self._logger,
                 logging.INFO,
@@ -229,6 +369,27 @@ class ProbeStateLog:
                 address=address or None,
             )
         self._states[probe.id] = seen
+
+    def threshold_changes(self, probe: ProbeConfig, changes: Sequence[ThresholdChange]) -> None:
+        """Log the threshold state changes `ResultStore.record` returned for one run of `probe`."""
+        for change in changes:
+            if change.previous == "unknown" and change.state == "up":
+                continue
+            thresholds = probe.thresholds
+            log_event(
+                self._logger,
+                logging.INFO if change.state == "up" else logging.WARNING,
+                "listener threshold state changed",
+                probe=probe.name,
+                target=probe.target,
+                address=change.address or None,
+                module=probe.module,
+                threshold_state=change.state,
+                previous=change.previous,
+                consecutive=change.consecutive,
+                failures_before_down=thresholds.failures_before_down,
+                successes_before_up=thresholds.successes_before_up,
+            )
 
     def observe_error(self, probe: ProbeConfig, error: str, *, exc_info: BaseException | None = None) -> None:
         """A run that produced no results (a local configuration problem or a bug): logged once per text,

@@ -20,6 +20,10 @@ Results without an address (`dns_error`: the name did not resolve) are kept unde
   `dns_error`). The address-less key is created by `set_probes` for every probe of a host *name*, with
   `dns_error` at 0; the key of an IP-literal host is created by `set_probes` too, since its address is known
   before the first run.
+* Every (probe id, address) also keeps its up/down state by the probe's thresholds (`umprobe.updown.UpDown`,
+  docs/thresholds.md), fed by `record` with each result except `local_resource_error` (our host, not the
+  target); `record` returns the state changes for the daemon's log, and `AddressStats` carries the state,
+  the consecutive counts and the transitions for /metrics and the status page.
 * Addresses come and go with DNS. The state of an address that has not appeared in `STALE_RUNS`
   consecutive runs of its probe is dropped, so a round-robin name cannot grow the series without bound. Keys
   created by `set_probes` are never dropped.
@@ -46,9 +50,11 @@ from typing import TYPE_CHECKING
 
 from umprobe.probes.result import ProbeResult, Reason
 from umprobe.probes.rtp_result import PORT_STATES, BlockResult, PortState, RtpReason, RtpResult
+from umprobe.updown import State, UpDown
 
 if TYPE_CHECKING:
     from umprobe.config import ProbeConfig, RtpProbeConfig
+    from umprobe.inbound import InboundBook, InboundView
 
 __all__ = [
     "ADDRESS_FAILURE_REASONS",
@@ -66,6 +72,7 @@ __all__ = [
     "ReloadStatus",
     "ResultStore",
     "RtpStats",
+    "ThresholdChange",
 ]
 
 #: Upper bounds (seconds) of `umprobe_sip_response_seconds`: 1 ms on a LAN .. 10 s, past any sane timeout.
@@ -152,6 +159,21 @@ class AddressStats:
     runs: int
     failures: tuple[tuple[Reason, int], ...]  # in `Reason` order
     sip_response: HistogramSnapshot
+    state: State = "unknown"  # up/down by the probe's thresholds (umprobe.updown)
+    up_transitions: int = 0
+    down_transitions: int = 0
+    consecutive_failures: int = 0
+    consecutive_successes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdChange:
+    """A listener address whose up/down state (by its probe's thresholds) changed in one `record`."""
+
+    address: str
+    previous: State
+    state: State
+    consecutive: int  # the run of failures (down) or successes (up) that made the change
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,8 +227,24 @@ class _Histogram:
         running = 0
         for bound, count in zip(self._bounds, self._counts, strict=False):
             running += count
-            cumulative.append((bound, running))
+            cumulative.append(_bucket_pair(bound, running))
         return HistogramSnapshot(tuple(cumulative), self._sum, running + self._counts[-1])
+
+
+# The (bound, cumulative count) pairs of snapshots, shared: the store keeps a snapshot per address between
+# scrapes (`_AddressState.snapshot`), and at 10,000 listeners 130,000 pairs are mostly the same few.
+_BUCKET_PAIRS: dict[tuple[float, int], tuple[float, int]] = {}
+_BUCKET_PAIRS_CAP = 1 << 16
+
+
+def _bucket_pair(bound: float, count: int) -> tuple[float, int]:
+    pair = (bound, count)
+    shared = _BUCKET_PAIRS.get(pair)
+    if shared is None:
+        if len(_BUCKET_PAIRS) < _BUCKET_PAIRS_CAP:
+            _BUCKET_PAIRS[pair] = pair
+        return pair
+    return shared
 
 
 @dataclass(slots=True)
@@ -216,6 +254,8 @@ class _AddressState:
     sip: _Histogram = field(default_factory=lambda: _Histogram(SIP_RESPONSE_BUCKETS))
     last_seen_run: int = 0
     pinned: bool = False  # created by set_probes: never dropped as stale
+    updown: UpDown = field(default_factory=UpDown)
+    snapshot: AddressStats | None = None  # made by the first read after a change (every scrape reads)
 
 
 @dataclass(slots=True)
@@ -271,6 +311,7 @@ class ResultStore:
         self._reload_successful = False
         self._last_reload_success: float | None = None
         self._last_reload_error: str | None = None
+        self._inbound: tuple[InboundBook, ...] = ()
 
     # -- write side ------------------------------------------------------------------------------------
 
@@ -293,11 +334,13 @@ class ResultStore:
             new[config.id] = state
         self._probes = new
 
-    def record(self, probe: ProbeConfig, results: Sequence[ProbeResult]) -> None:
-        """Store one run's results (one per address) as the latest, and count them."""
+    def record(self, probe: ProbeConfig, results: Sequence[ProbeResult]) -> tuple[ThresholdChange, ...]:
+        """Store one run's results (one per address) as the latest, and count them. Returns the addresses
+        whose up/down state by the probe's thresholds changed (a `local_resource_error` judges nothing)."""
+        changes: list[ThresholdChange] = []
         state = self._probes.get(probe.id)
         if state is None:
-            return  # removed by a reload while it was running
+            return ()  # removed by a reload while it was running
         results = tuple(results)
         state.runs += 1
         state.latest = results
@@ -310,16 +353,26 @@ class ResultStore:
                 address = state.addresses[result.address] = _new_address_state(result.address)
             address.runs += 1
             address.last_seen_run = state.runs
+            address.snapshot = None
             if not result.success:
                 address.failures[result.reason] = address.failures.get(result.reason, 0) + 1
             if result.status_code is not None and result.timings.sip is not None:
                 address.sip.observe(result.timings.sip)
+            if result.reason is not Reason.LOCAL_RESOURCE_ERROR:
+                updown = address.updown
+                updown.thresholds = probe.thresholds
+                previous = updown.state
+                moved = updown.feed(result.success)
+                if moved is not None:
+                    run = updown.successes if moved == "up" else updown.failures
+                    changes.append(ThresholdChange(result.address, previous, moved, run))
         for key in [
             key
             for key, address in state.addresses.items()
             if not address.pinned and state.runs - address.last_seen_run >= STALE_RUNS
         ]:
             del state.addresses[key]
+        return tuple(changes)
 
     def set_rtp(self, entries: Sequence[RtpProbeConfig]) -> None:
         """Install the [[rtp]] peers of a (re)load: keep the state of ids still present (minus blocks a new
@@ -378,7 +431,16 @@ class ResultStore:
         else:
             self._last_reload_error = error
 
+    def set_inbound(self, books: Sequence[InboundBook]) -> None:
+        """The books of the daemon's inbound OPTIONS listeners (`[[listen]]`, umprobe.inbound)."""
+        self._inbound = tuple(books)
+
     # -- read side -------------------------------------------------------------------------------------
+
+    def inbound_views(self) -> tuple[InboundView, ...]:
+        """The demotion view of every inbound listener, now (by the store's clock)."""
+        now = self._clock()
+        return tuple(book.view(now) for book in self._inbound)
 
     def probes(self) -> tuple[ProbeConfig, ...]:
         """The configured probes, in configuration order."""
@@ -404,7 +466,9 @@ class ResultStore:
         state = self._probes.get(probe_id)
         if state is None:
             return ()
-        return tuple(_address_stats(key, state.addresses[key]) for key in sorted(state.addresses))
+        addresses = state.addresses
+        keys = sorted(addresses) if len(addresses) > 1 else addresses
+        return tuple(_address_stats(key, addresses[key]) for key in keys)
 
     def rtp_probes(self) -> tuple[RtpProbeConfig, ...]:
         """The configured [[rtp]] peers, in configuration order."""
@@ -468,10 +532,27 @@ class ResultStore:
 
 
 def _address_stats(address: str, state: _AddressState) -> AddressStats:
-    failures = tuple((r, state.failures[r]) for r in _reason_order(state.failures))
-    return AddressStats(address, state.runs, failures, state.sip.snapshot())
+    """The frozen snapshot of one address's counters, made again only after `record` changed them."""
+    snapshot = state.snapshot
+    if snapshot is None:
+        failures = tuple((r, state.failures[r]) for r in _reason_order(state.failures))
+        ud = state.updown
+        snapshot = state.snapshot = AddressStats(
+            address,
+            state.runs,
+            failures,
+            state.sip.snapshot(),
+            ud.state,
+            ud.up_transitions,
+            ud.down_transitions,
+            ud.failures,
+            ud.successes,
+        )
+    return snapshot
+
+
+_REASON_ORDER: dict[Reason, int] = {r: i for i, r in enumerate(Reason)}
 
 
 def _reason_order(reasons: Iterable[Reason]) -> list[Reason]:
-    order = {r: i for i, r in enumerate(Reason)}
-    return sorted(reasons, key=order.__getitem__)
+    return sorted(reasons, key=_REASON_ORDER.__getitem__)

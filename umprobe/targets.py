@@ -1,9 +1,9 @@
 """Target strings as users type them: `host`, `host:port`, `[v6addr]:port`, a bare IPv6 address, or a SIP URI.
 
-`sip:host[:port][;transport=tcp|tls]` and `sips:host[:port]` are accepted (RFC 3261 §19.1). `sips:` means TLS
-(§26.2.2); `transport=` picks the transport of a `sip:` URI. Userinfo (`user@`) and URI headers are ignored
-beyond validation. The result leaves port and transport as None when the string does not say, so the CLI can
-apply `--port` / `--transport` / profile defaults.
+`sip:host[:port][;transport=tcp|tls|udp]` and `sips:host[:port]` are accepted (RFC 3261 §19.1). `sips:`
+means TLS (§26.2.2); `transport=` picks the transport of a `sip:` URI. Userinfo (`user@`) and URI headers
+are ignored beyond validation. The result leaves port and transport as None when the string does not say, so
+the CLI can apply `--port` / `--transport` / profile defaults.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class TargetError(ValueError):
 class Target:
     host: str  # a DNS name or an IP literal without brackets
     port: int | None
-    transport: str | None  # "tcp", "tls" or None
+    transport: str | None  # "tcp", "tls", "udp" or None
     scheme: str | None  # "sip", "sips" or None
 
     @property
@@ -71,15 +71,14 @@ def parse_target(text: str) -> Target:
             name, _, value = param.partition("=")
             if name.lower() == "transport":
                 value = value.lower()
-                if value not in ("tcp", "tls"):
+                if value not in ("tcp", "tls", "udp"):
                     raise TargetError(
-                        f"target {original!r}: transport={value!r} is not supported (tcp or tls; "
-                        "Exchange UM speaks SIP over TCP only)"
+                        f"target {original!r}: transport={value!r} is not supported (tcp, tls or udp)"
                     )
                 transport = value
         if scheme == "sips":
-            if transport == "tcp":
-                raise TargetError(f"target {original!r}: a sips: URI cannot use transport=tcp")
+            if transport in ("tcp", "udp"):
+                raise TargetError(f"target {original!r}: a sips: URI cannot use transport={transport}")
             transport = "tls"
     port: int | None = None
     if text.startswith("["):

@@ -49,30 +49,11 @@ SAMPLES, PACKETS, CONCURRENCY = 128, 50, 16  # 800 packets/s: the peer is starte
 PERCENT = 5
 TOLERANCE = 0.02  # ±2 points
 
-# `umprobe peer` through the real CLI entry point when it is wired in; else its command; else the same
-# configuration built directly (the peer's options are docs/rtp.md's).
-_PEER_FALLBACK = (
-    "import sys, trio\n"
-    "from umprobe.peer.echo_peer import PeerConfig, serve_echo_peer\n"
-    "host, port, secret_file, lo, hi, rate = sys.argv[1:]\n"
-    "secret = open(secret_file, 'rb').read().strip()\n"
-    "config = PeerConfig(secret=secret, listen_host=host, listen_port=int(port),\n"
-    "                    rtp_range=(int(lo), int(hi)), rate_per_source=float(rate),\n"
-    "                    rate_global=2 * float(rate))\n"
-    "trio.run(serve_echo_peer, config)\n"
-)
-_CLI_RTP = (
-    "from umprobe.cli import cli, main\n"
-    "from umprobe.commands.rtp_cmd import rtp_command\n"
-    "if 'rtp' not in cli.commands:\n"
-    "    cli.add_command(rtp_command)\n"
-    "main()\n"
-)
+# `umprobe rtp` and `umprobe peer` run through the real CLI entry point (options: docs/rtp.md).
+_CLI_RTP = "from umprobe.cli import main\nmain()\n"
 
 
 def _peer_argv(host: str, secret_file: Path, rate: int) -> list[str]:
-    from umprobe.cli import cli
-
     options = [
         "--listen",
         f"{host}:{CONTROL_PORT}",
@@ -85,15 +66,7 @@ def _peer_argv(host: str, secret_file: Path, rate: int) -> list[str]:
         "--rate-global",
         str(2 * rate),
     ]
-    if "peer" in cli.commands:
-        return [sys.executable, "-m", "umprobe.cli", "peer", *options]
-    with contextlib.suppress(ImportError):
-        import umprobe.commands.peer_cmd  # noqa: F401
-
-        script = "from umprobe.commands.peer_cmd import peer_command\npeer_command()\n"
-        return [sys.executable, "-c", script, *options]
-    args = [host, str(CONTROL_PORT), str(secret_file), str(RANGE[0]), str(RANGE[1]), str(rate)]
-    return [sys.executable, "-c", _PEER_FALLBACK, *args]
+    return [sys.executable, "-m", "umprobe.cli", "peer", *options]
 
 
 @dataclass

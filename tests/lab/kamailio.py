@@ -55,7 +55,7 @@ class TlsPolicy:
 @dataclass(frozen=True, slots=True)
 class Listener:
     name: str
-    transport: Literal["tcp", "tls"]
+    transport: Literal["tcp", "tls", "udp"]  # udp: `listen=udp:IP:PORT` (readiness needs a tcp one)
     host: str
     port: int
     tls: TlsPolicy | None = None

@@ -123,12 +123,17 @@ async def test_flood_from_one_source_gets_at_most_the_bucket_allowance() -> None
                 await sock.send(packet, p)
             sending = time.time() - start
             replies = await sock.drain(0.3)
+            stats = await client.stats()
+            # On a loaded machine the peer may still be working through the flood after 0.3 s of quiet:
+            # collect until every reply it counted has arrived (bounded by fail_after).
+            while stats["ports"][str(p)]["tx"] > len(replies):
+                replies += await sock.drain(0.3)
+                stats = await client.stats()
             elapsed = time.time() - start
             # The most a bucket of `rate` starting full can allow over the whole run, replies' tail included.
             allowance = peer.reflector.allowance(rate, elapsed)
             assert allowance == int(rate * burst + rate * elapsed)
             assert 0 < len(replies) <= allowance, (len(replies), allowance, sending)
-            stats = await client.stats()
             counters = stats["ports"][str(p)]
             assert counters["tx"] == len(replies)
             # Every authenticated packet that reached the peer and got no answer was a rate drop.

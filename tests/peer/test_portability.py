@@ -1,4 +1,12 @@
-"""The echo peer must run on Windows next to the Exchange servers: no Linux-only calls in peer/ or media/.
+"""The echo peer must run on Windows next to the Exchange servers: no Linux-only calls in anything it runs.
+
+What `umprobe peer` runs is its import closure, not just peer/ and media/: the `umprobe` console script
+imports umprobe.cli, which imports every command module at the top, and the peer command then imports the
+exporter (for `parse_listen`), logging, TLS and secret-file helpers inside its function. SCANNED is that
+closure, found by following umprobe's own imports statically from two roots: umprobe.cli, module-level
+imports only (what `import umprobe.cli` executes), and umprobe.commands.peer_cmd, imports at any depth
+(function bodies included, since the peer command runs them); imports under `if TYPE_CHECKING:` are
+skipped. A test checks the static closure against what a real import of the peer's path loads.
 
 An AST scan, not a text search, so comments and docstrings that *mention* a name (to say why it is not used)
 do not count. A platform-specific call is allowed only behind a guard; the scan cannot prove a guard, so it
@@ -9,6 +17,9 @@ exemption below.
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +27,101 @@ import pytest
 import umprobe
 
 PACKAGE = Path(umprobe.__file__).parent
-SCANNED = sorted([*PACKAGE.glob("peer/*.py"), *PACKAGE.glob("media/*.py")])
+
+
+def module_path(name: str) -> Path | None:
+    """The source file of umprobe module `name` (a package's __init__.py), or None if it is not one."""
+    parts = name.split(".")
+    if parts[0] != "umprobe":
+        return None
+    base = PACKAGE.joinpath(*parts[1:])
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    return None
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def imported_modules(name: str, *, in_functions: bool) -> set[str]:
+    """The umprobe modules that importing `name` (and, with `in_functions`, running its functions) loads,
+    with every parent package."""
+    path = module_path(name)
+    assert path is not None, name
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child.test):
+                for stmt in child.orelse:
+                    visit_statement(stmt)
+                continue
+            visit_statement(child)
+
+    def visit_statement(child: ast.AST) -> None:
+        if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) and not in_functions:
+            return
+        if isinstance(child, ast.Import):
+            found.update(alias.name for alias in child.names)
+        elif isinstance(child, ast.ImportFrom):
+            base = child.module or ""
+            if child.level:
+                anchor = package.split(".")[: len(package.split(".")) - child.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in child.names)  # `from pkg import submodule`
+        visit(child)
+
+    visit(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
+    modules: set[str] = set()
+    for dotted in found:
+        parts = dotted.split(".")
+        modules.update(
+            ".".join(parts[:i]) for i in range(1, len(parts) + 1) if module_path(".".join(parts[:i]))
+        )
+    return modules
+
+
+def import_closure(root: str, *, in_functions: bool) -> set[str]:
+    seen: set[str] = set()
+    todo = [root]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        todo.extend(imported_modules(name, in_functions=in_functions) - seen)
+        # Importing a.b.c runs a/__init__.py and a/b/__init__.py first (cli.py loads its commands by name).
+        parts = name.split(".")
+        todo.extend(parent for i in range(1, len(parts)) if (parent := ".".join(parts[:i])) not in seen)
+    return seen
+
+
+PEER_CLOSURE = import_closure("umprobe.cli", in_functions=False) | import_closure(
+    "umprobe.commands.peer_cmd", in_functions=True
+)
+SCANNED = sorted({path for name in PEER_CLOSURE if (path := module_path(name)) is not None})
+
+# What a real run of the peer's code path imports: the console script's module, then what peer_command
+# and the peer's serving function import when they run.
+_REAL_IMPORT = """
+import json, sys
+import umprobe.cli
+from umprobe.commands import peer_cmd
+from umprobe.exporter import parse_listen
+from umprobe.logs import LOGGER_NAME, configure_logging, log_event
+from umprobe.net.errors import TLSConfigError
+from umprobe.net.tls import make_server_context
+from umprobe.peer.echo_peer import PeerConfig, SipListen, serve_echo_peer
+from umprobe.peer.reflector import normalise_ip
+print(json.dumps(sorted(m for m in sys.modules if m == "umprobe" or m.startswith("umprobe."))))
+"""
 
 # Modules that do not exist (or do nothing useful) on Windows.
 BANNED_MODULES = frozenset({"fcntl", "resource", "pwd", "grp", "termios", "posix"})
@@ -69,8 +174,36 @@ def _violations(path: Path) -> list[str]:
 
 
 def test_the_scan_covers_the_peer() -> None:
-    names = {p.name for p in SCANNED}
-    assert {"reflector.py", "echo_peer.py", "sip_responder.py"} <= names
+    scanned = {p.relative_to(PACKAGE).as_posix() for p in SCANNED}
+    assert {
+        "cli.py",
+        "commands/peer_cmd.py",
+        "peer/reflector.py",
+        "peer/echo_peer.py",
+        "peer/sip_responder.py",
+        "media/control.py",
+        "exporter.py",
+        "logs.py",
+        "secretfile.py",
+        "net/tls.py",
+    } <= scanned
+    # The daemon is not part of it (it is imported only inside `umprobe run`), and uses SIGHUP.
+    assert "daemon.py" not in scanned
+
+
+def test_the_static_closure_holds_what_a_real_import_loads() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _REAL_IMPORT], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded = set(json.loads(out.stdout))
+    assert loaded - PEER_CLOSURE == set()
+
+
+def test_the_closure_follows_function_level_imports_only_where_they_run() -> None:
+    top = imported_modules("umprobe.commands.peer_cmd", in_functions=False)
+    deep = imported_modules("umprobe.commands.peer_cmd", in_functions=True)
+    assert "umprobe.peer.echo_peer" not in top  # imported inside peer_command only
+    assert {"umprobe.peer.echo_peer", "umprobe.exporter", "umprobe.peer"} <= deep
 
 
 @pytest.mark.parametrize("path", SCANNED, ids=lambda p: f"{p.parent.name}/{p.name}")

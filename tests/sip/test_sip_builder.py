@@ -287,7 +287,7 @@ def test_format_host(host: str, expected: tuple[str, str]) -> None:
     assert format_host(host) == expected
 
 
-@pytest.mark.parametrize("bad", ["udp", "TCP", "sctp", ""])
+@pytest.mark.parametrize("bad", ["UDP", "TCP", "sctp", ""])
 def test_bad_transport(bad: str) -> None:
     with pytest.raises(LocalProtocolError, match="transport"):
         build_options(**example_kwargs(transport=bad))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from umprobe.config import describe, load_config
+from umprobe.secretfile import config_exposures
 
 __all__ = ["config_group"]
 
@@ -35,4 +36,7 @@ def check_command(file: str, no_check_files: bool) -> None:
     and a key is matched against its certificate, as the daemon would, unless --no-check-files is given.
     """
     config = load_config(file, check_files=not no_check_files)
+    if not no_check_files:
+        for exposed in config_exposures(config):  # key and secret files others may read
+            click.echo(f"umprobe: warning: {exposed.message()}", err=True)
     click.echo(describe(config))

@@ -10,15 +10,17 @@ from __future__ import annotations
 import ipaddress
 import logging
 import signal
+from functools import partial
 from typing import TYPE_CHECKING, Literal
 
 import click
 import trio
 
 from umprobe.errors import UserError
-from umprobe.secretfile import read_secret
+from umprobe.secretfile import read_secret, warn_if_exposed
 
 if TYPE_CHECKING:
+    from umprobe.inbound import InboundBook
     from umprobe.peer.echo_peer import PeerConfig
 
 __all__ = ["parse_allow", "parse_rtp_range", "parse_sip", "peer_command"]
@@ -39,7 +41,10 @@ Where to run it:
   firewalls, or on a Mailbox server itself (ports Exchange holds at that
   moment are reported "in use", never unreachable). Give it the same secret
   file as the prober. With --sip tcp:5060 it also answers SIP OPTIONS, to
-  prove the SIP path before Exchange is there.
+  prove the SIP path before Exchange is there, and logs who pings it: one
+  line per calling identity (client certificate FQDN over TLS, else source
+  address) when it first shows up and whenever it goes at_risk (3 min
+  without OPTIONS) or demoted (5 min) or back to active (docs/inbound.md).
 
 \b
 Firewall ports to open towards this host (from the prober):
@@ -271,6 +276,14 @@ def peer_command(
             )
         except TLSConfigError as exc:
             raise UserError(str(exc)) from None
+        warn_if_exposed(tls_key, what="--tls-key")
+    inbound = None
+    if sip_listeners:
+        import time
+
+        from umprobe.inbound import InboundBook
+
+        inbound = InboundBook("peer-sip", started_at=time.time())
     config = PeerConfig(
         secret=secret,
         listen_host=host,
@@ -285,6 +298,7 @@ def peer_command(
         max_sessions=max_sessions,
         max_clock_skew=None if no_clock_check else max_clock_skew,
         sip=sip_listeners,
+        sip_inbound=inbound,
     )
     configure_logging(fmt="json" if log_format == "json" else "text", level=log_level)
     try:
@@ -300,17 +314,45 @@ async def _serve_until_signal(config: PeerConfig) -> None:
     """Serve until SIGINT (Ctrl-C) or SIGTERM, then stop in order: every session closes and is logged."""
     from umprobe.logs import LOGGER_NAME, log_event
     from umprobe.peer.echo_peer import serve_echo_peer
+    from umprobe.peer.sip_responder import watch_inbound
 
     # SIGINT and SIGTERM exist on Windows too (SIGTERM is never sent there, but may be listened for).
     received = None
+    logger = logging.getLogger(f"{LOGGER_NAME}.peer")
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(serve_echo_peer, config)
+            if config.sip_inbound is not None:
+                # A peer has no /metrics: who pings its SIP listeners is told in the log, per state change.
+                nursery.start_soon(partial(watch_inbound, config.sip_inbound, logger=logger))
             async for signum in signals:
                 received = signal.Signals(signum).name
                 nursery.cancel_scope.cancel()
                 break
-    log_event(logging.getLogger(f"{LOGGER_NAME}.peer"), logging.INFO, "peer stopped", signal=received)
+    if config.sip_inbound is not None:
+        _log_inbound_summary(config.sip_inbound, logger)
+    log_event(logger, logging.INFO, "peer stopped", signal=received)
+
+
+def _log_inbound_summary(book: InboundBook, logger: logging.Logger) -> None:
+    """One line per calling identity of the peer's SIP listeners, at stop."""
+    import time
+
+    from umprobe.logs import log_event
+
+    for identity in book.view(time.time()).identities:
+        log_event(
+            logger,
+            logging.INFO,
+            "inbound OPTIONS summary",
+            identity=identity.identity,
+            state=identity.state,
+            options=identity.total,
+            interval_s=None if identity.interval is None else round(identity.interval, 3),
+            silence_s=round(identity.silence, 3),
+            source=identity.source,
+            from_host=identity.from_host,
+        )
 
 
 def _lone_user_error(group: BaseExceptionGroup[BaseException]) -> UserError | None:

@@ -32,7 +32,7 @@ from umprobe.net.tls import TLSClientConfig
 from umprobe.probes.rtp import RtpProbeSpec, estimate_seconds, probe_rtp
 from umprobe.probes.rtp_result import BlockResult, PortResult, RtpResult, merge_results, render_map
 from umprobe.probes.sip_options import TLSContextCache
-from umprobe.secretfile import MIN_SECRET_BYTES, read_secret
+from umprobe.secretfile import MIN_SECRET_BYTES, read_secret, warn_if_exposed
 from umprobe.targets import TargetError, parse_target
 
 __all__ = [
@@ -587,6 +587,8 @@ def rtp_command(
             raise click.UsageError("--secret-file is required (or --plain-echo for an unauthenticated echo)")
         secret = read_secret(secret_file)
         tls = TLSClientConfig(ca_file=ca_file, cert_file=cert_file, key_file=key_file) if use_tls else None
+        if use_tls:
+            warn_if_exposed(key_file, what="--key")
         spec = _spec(
             host=parsed.host,
             port=parsed.port,

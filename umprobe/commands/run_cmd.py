@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from functools import partial
 from pathlib import Path
 
 import click
@@ -9,7 +11,7 @@ import trio
 
 from umprobe.shard import ALL, Shard, parse_shard, valid_vantage
 
-__all__ = ["run_command"]
+__all__ = ["EXIT_CANNOT_LISTEN", "run_command"]
 
 _RUN_EPILOG = """\b
 What it does:
@@ -58,9 +60,14 @@ Several daemons, several sites (docs/scale-out.md):
   umprobe run -c probes.toml --vantage dublin label every series with the site
 
 \b
-Exit codes: 0 stopped by a signal; 3 the config is invalid or the HTTP address
-cannot be bound (one line on stderr says which).
+Exit codes (one line on stderr says why): 0 stopped by a signal; 3 the config is
+invalid; 4 the HTTP address cannot be bound (in use, not an address of this host,
+or not permitted). Under systemd: Restart=on-failure, RestartSec=10s and
+RestartPreventExitStatus=3 (see docs/operations-faults.md).
 """
+
+#: `umprobe run`'s exit code when the HTTP address cannot be bound (3 stays "the config is invalid").
+EXIT_CANNOT_LISTEN = 4
 
 
 def _check_listen(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -139,7 +146,14 @@ def run_command(
     mutual TLS, on each probe's interval, and serves the results as Prometheus metrics until stopped.
     """
     from umprobe.daemon import run_daemon
+    from umprobe.exporter import ListenError
 
-    trio.run(
-        lambda: run_daemon(config_path, listen=listen, log_format=log_format, shard=shard, vantage=vantage)
-    )
+    try:
+        trio.run(
+            partial(
+                run_daemon, config_path, listen=listen, log_format=log_format, shard=shard, vantage=vantage
+            )
+        )
+    except ListenError as exc:
+        click.echo(f"umprobe: error: {exc}", err=True)
+        sys.exit(EXIT_CANNOT_LISTEN)

@@ -12,15 +12,18 @@ configuration must fail loudly (``umprobe config check`` exits non-zero), not be
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from umprobe.net.tls import TLSInfo
 
 __all__ = [
+    "LOCAL_RESOURCE_ERRNOS",
     "ConnectError",
     "ConnectRefused",
     "ConnectionClosed",
+    "LocalResourceError",
     "NetError",
     "ResolveError",
     "TLSConfigError",
@@ -39,6 +42,17 @@ class NetError(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+
+#: errno values that mean "this host is out of something", not "the network or the peer failed".
+LOCAL_RESOURCE_ERRNOS: frozenset[int] = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class LocalResourceError(NetError):
+    """Not the network's fault nor the peer's: this host ran out of something a probe needs (file
+    descriptors: EMFILE, ENFILE; memory or socket buffers: ENOMEM, ENOBUFS; local ports: EADDRNOTAVAIL on
+    connect). Reported as data all the same (reason `local_resource_error`), because it passes when the
+    resource frees up, and so that it is never blamed on the target."""
 
 
 class ResolveError(NetError):

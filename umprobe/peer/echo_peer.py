@@ -38,7 +38,10 @@ One control connection is one session (docs/rtp.md "Control channel"), served by
    the connection.
 
 Time: the control channel uses trio's clock (deadlines); the reflector is given `time.time()` for each
-datagram, the wall clock its NTP timestamps and the prober's T1 are on.
+datagram, the wall clock its NTP timestamps and the prober's T1 are on. On Linux each media socket asks for
+kernel arrival stamps (`SO_TIMESTAMPNS`, umprobe.media.rxstamp) and T2 is that stamp, so the time a datagram
+waited in the socket while the peer served others is not measured as path delay; elsewhere T2 is the clock
+read after the receive.
 
 Portability: pure Python, no Linux-only calls (tests/peer/test_portability.py scans for them), so the peer
 runs on the Windows servers next to Exchange. Receive errors that Windows reports for UDP (WSAECONNRESET
@@ -64,7 +67,9 @@ from OpenSSL import SSL
 
 from umprobe._version import __version__
 from umprobe.errors import UserError
+from umprobe.inbound import InboundBook
 from umprobe.logs import LOGGER_NAME, log_event
+from umprobe.media import rxstamp
 from umprobe.media.control import (
     MAX_LINE,
     MAX_PORTS,
@@ -80,6 +85,7 @@ from umprobe.media.errors import ControlError
 from umprobe.media.packet import session_key
 from umprobe.media.sampling import even_ports
 from umprobe.net.errors import ConnectionClosed, NetError
+from umprobe.net.stamping import stamp_arrivals
 from umprobe.net.tls import TLSStream
 from umprobe.peer.reflector import (
     DEFAULT_BURST_SECONDS,
@@ -176,6 +182,7 @@ class PeerConfig:
     idle_timeout: float = 10.0
     sip: tuple[SipListen, ...] = ()
     sip_server_header: str = BANNER
+    sip_inbound: InboundBook | None = None  # records every inbound OPTIONS per caller (umprobe.inbound)
 
     def __post_init__(self) -> None:
         if len(self.secret) < MIN_SECRET_BYTES:
@@ -277,6 +284,7 @@ async def serve_echo_peer(
                     tls_context=config.sip_tls if spec.transport == "tls" else None,
                     server_header=config.sip_server_header,
                     stats=sip_stats,
+                    inbound=config.sip_inbound,
                 )
             )
         await nursery.start(partial(trio.serve_listeners, peer.serve_connection, control))
@@ -600,9 +608,16 @@ class _EchoPeer:
     async def _pump(self, sock: trio.socket.SocketType, port: int) -> None:
         """Reflect what arrives on one media socket until cancelled."""
         reflector = self.reflector
+        stamped = stamp_arrivals(sock)
         while True:
             try:
-                data, source = await sock.recvfrom(_RECV_SIZE)
+                if stamped:  # T2 = the kernel's arrival stamp: time queued in the socket is not path delay
+                    data, ancdata, _flags, address = await sock.recvmsg(_RECV_SIZE, rxstamp.ANCILLARY_SIZE)
+                    source = address if isinstance(address, tuple) else ()
+                    arrived = rxstamp.unix_from_ancillary(ancdata)
+                else:
+                    data, source = await sock.recvfrom(_RECV_SIZE)
+                    arrived = None
             except OSError as exc:
                 if exc.errno in _MSGSIZE:  # Windows: a datagram longer than the buffer
                     reflector.count(port, DropReason.SIZE)
@@ -612,7 +627,7 @@ class _EchoPeer:
                 self.counters.udp_errors += 1
                 log_event(_log, logging.WARNING, "media socket failed", port=port, error=str(exc))
                 return
-            reply = reflector.handle(data, source, port, time.time())
+            reply = reflector.handle(data, source, port, time.time(), received=arrived)
             if reply is None:
                 continue
             try:

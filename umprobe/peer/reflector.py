@@ -34,8 +34,9 @@ replies of the request's length, and the length is checked again here (a longer 
 dropped and counted as ``size``, never sent).
 
 Time: `now` is Unix time in seconds (the caller reads `time.time()` when the datagram arrives). It stamps T2
-and, unless a `transmit_clock` is given, T3; it judges the sender's timestamp; it refills the buckets. A clock
-that steps backwards refills nothing for the step and counts on from its new reading.
+(unless the caller passes the kernel's arrival stamp as `received`) and, unless a `transmit_clock` is given,
+T3; it judges the sender's timestamp; it refills the buckets. A clock that steps backwards refills nothing
+for the step and counts on from its new reading.
 """
 
 from __future__ import annotations
@@ -371,10 +372,13 @@ class Reflector:
     # ---------------------------------------------------------------------------------------------------
     # Datagrams
 
-    def handle(self, data: bytes, source: tuple[object, ...], port: int, now: float) -> bytes | None:
+    def handle(
+        self, data: bytes, source: tuple[object, ...], port: int, now: float, *, received: float | None = None
+    ) -> bytes | None:
         """Judge one datagram that arrived on local `port` from `source` (a socket address tuple).
 
-        Returns the reply to send to `source` from `port`, or None (the drop is counted).
+        Returns the reply to send to `source` from `port`, or None (the drop is counted). `received` is the
+        kernel's arrival stamp (Unix seconds) when the caller has one: it becomes T2 instead of `now`.
         """
         self.bytes_in += len(data)
         binding = self._ports.get(port)
@@ -389,7 +393,7 @@ class Reflector:
         if binding.rtcp:
             reply = self._rtcp(session, binding, data, port, now)
         else:
-            reply = self._media(session, binding, data, port, now)
+            reply = self._media(session, binding, data, port, now, now if received is None else received)
         if reply is None:
             return None
         if len(reply) > len(data):  # pragma: no cover - the codecs build same-length replies
@@ -419,7 +423,7 @@ class Reflector:
             counters.tx = max(0, counters.tx - 1)
 
     def _media(
-        self, session: _Session, binding: _Binding, data: bytes, port: int, now: float
+        self, session: _Session, binding: _Binding, data: bytes, port: int, now: float, received: float
     ) -> bytes | None:
         if len(data) != MEDIA_PACKET_SIZE:
             return self._drop(session, DropReason.SIZE)
@@ -438,7 +442,7 @@ class Reflector:
             header,
             request,
             reflector_seq=session.seq,
-            receive_ts=ntp_from_unix(now),
+            receive_ts=ntp_from_unix(received),
             transmit_ts=self._transmit_ts(now),
         )
         session.seq = (session.seq + 1) & 0xFFFFFFFF

@@ -38,6 +38,7 @@ class Reason(enum.StrEnum):
     SIP_PROTOCOL_ERROR = "sip_protocol_error"
     SIP_UNHEALTHY_STATUS = "sip_unhealthy_status"
     CONNECTION_CLOSED = "connection_closed"
+    LOCAL_RESOURCE_ERROR = "local_resource_error"  # our host, not the target: out of file descriptors, ...
 
 
 class Phase(enum.StrEnum):
@@ -56,7 +57,8 @@ PHASES: tuple[str, ...] = ("resolve", "connect", "tls", "sip", "total")
 class Timings:
     """Seconds spent in each phase, measured with trio's monotonic clock; None if the phase never ran.
 
-    `sip` runs from the first byte of the request handed to the transport to the final response parsed.
+    `sip` runs from the first byte of the request handed to the transport to the arrival of the bytes that
+    complete the final response (parsing them is not counted).
     With TLS 1.3 the server checks a client certificate after the client's handshake is done, so that check
     lands in `sip`, not in `tls` (a TLS 1.2 handshake contains it).
     """
@@ -109,6 +111,7 @@ class ProbeResult:
     retry_after: int | None = None
     provisional_responses: int = 0
     mismatched_responses: int = 0
+    retransmissions: int = 0  # SIP over UDP: requests re-sent per Timer E (RFC 3261 §17.1.2.2)
     tls: TLSInfo | None = None
     client_cert: CertInfo | None = None
     insecure: bool = False

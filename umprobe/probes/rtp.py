@@ -28,11 +28,18 @@ peer (docs/rtp.md) for the even ports that `sampling.SweepPlan` picks for `cycle
 
    *Receiver*: runs beside the sender for the burst and afterwards. Each datagram is authenticated
    (`packet.decode_media`, SSID and SSRC checked, our counter in range) or counted as a bad reply; T4 is
-   taken on arrival. From T1..T4 it records the RTT ((T4 - T1) - (T3 - T2)), the forward transit (T2 - T1)
-   and return transit (T4 - T3) for RFC 3550 jitter, and duplicate/reordered echoes by our counter.
+   taken on arrival: on Linux the kernel's arrival stamp (`SO_TIMESTAMPNS`, `media.rxstamp`; the peer
+   stamps T2 the same way), so time a datagram waited in a socket buffer while either process was busy is
+   not measured as path delay. From T1..T4 it records the RTT ((T4 - T1) - (T3 - T2)), the forward transit
+   (T2 - T1) and return transit (T4 - T3) for RFC 3550 jitter, and duplicate/reordered echoes by our counter.
+
+   *Pacing*: ports start at least 20 ms / `concurrency` apart, so the packets of concurrent ports interleave
+   evenly instead of leaving in bursts (a burst queues at both ends), and `concurrency` x 50 packets/s
+   bounds the rate even for short bursts.
 
    *Stragglers*: after the last packet the task waits until every packet sent is accounted for (and the
-   RTCP answer is in), or for a window of 2x the largest RTT seen so far in this run (at least 50 ms, at
+   RTCP answer is in), or for a window of 2x the longest wait for an echo seen so far in this run (send to
+   arrival as this process sees it, the peer's turnaround included, unlike the RTT; at least 250 ms, at
    most 1 s; the full 1 s when nothing has answered yet), whichever comes first.
 
 3. **Counters**. After the last port, `stats` fetches the reflector's per-port rx/tx counters, which split
@@ -63,7 +70,7 @@ from typing import Any, Protocol
 
 import trio
 
-from umprobe.media import control, ntp, packet, rtcp, sampling, stats
+from umprobe.media import control, ntp, packet, rtcp, rxstamp, sampling, stats
 from umprobe.media.errors import ControlError, MediaError
 from umprobe.media.packet import Measurement
 from umprobe.media.rtp import RtpHeader
@@ -76,7 +83,8 @@ from umprobe.net.errors import (
     TLSError,
 )
 from umprobe.net.resolve import ResolvedAddress, resolve
-from umprobe.net.tcp import format_hostport, open_tcp
+from umprobe.net.stamping import stamp_arrivals
+from umprobe.net.tcp import TCPStream, format_hostport, open_tcp
 from umprobe.net.tls import TLSClientConfig, TLSStream
 from umprobe.probes.rtp_result import (
     PortResult,
@@ -106,7 +114,10 @@ MAX_PORTS_PER_SESSION = 256  # docs/rtp.md: the peer's limit per `open`
 STATS_PORTS_PER_SESSION = 48
 MAX_BLOCKS = 64
 MAX_TTL = 60  # seconds; the peer caps a session's ttl at this
-_STRAGGLE_FLOOR = 0.05
+# A reachable port settles as soon as its echoes are in; only a port still missing echoes waits the whole
+# window. 50 ms called ports unreachable when a loaded machine stalled the peer for longer (bench/rtp.py: 9
+# of 4,096 ports in one stalled session at load 7 on 2 cores).
+_STRAGGLE_FLOOR = 0.25
 _STRAGGLE_CAP = 1.0
 _RECV_SIZE = 2048
 _PLAIN_PAYLOAD = b"\xff" * 160  # 20 ms of μ-law silence: 172 bytes of UDP payload with the RTP header
@@ -248,7 +259,7 @@ class _RunState:
     """What one `probe_rtp` call learns across its sessions."""
 
     media_deadline: float
-    max_rtt: float = 0.0
+    max_wait: float = 0.0  # the longest send-to-echo time seen, as this process saw it (seconds)
     address: str = ""
     media_address: str = ""
     banner: str | None = None
@@ -259,9 +270,9 @@ class _RunState:
     planned: bool = False  # a session was opened (or plain-echo started): list every planned port
 
     def straggle_window(self) -> float:
-        if self.max_rtt <= 0.0:
+        if self.max_wait <= 0.0:
             return _STRAGGLE_CAP
-        return min(_STRAGGLE_CAP, max(_STRAGGLE_FLOOR, 2.0 * self.max_rtt))
+        return min(_STRAGGLE_CAP, max(_STRAGGLE_FLOOR, 2.0 * self.max_wait))
 
 
 async def probe_rtp(
@@ -430,7 +441,7 @@ async def _connect(
         raise _ControlFailure(RtpReason.CONTROL_CONNECT_FAILED, exc.detail) from None
     local = str(tcp.socket.getsockname()[0]).split("%", 1)[0]
     if spec.tls is None:
-        return tcp, local
+        return TCPStream(tcp, where), local  # a reset is ConnectionClosed, not trio.BrokenResourceError
     ctx = (contexts or TLSContextCache()).context(spec.tls)
     name = spec.server_name or spec.host.strip("[]")
     stream = TLSStream(
@@ -852,11 +863,21 @@ async def _measure_ports(
     """Measure `ports`, `spec.concurrency` at a time, until `end`; results land in `run.ports`."""
     limiter = trio.CapacityLimiter(spec.concurrency)
     burst = spec.packets * PACKET_INTERVAL
+    # Ports start at least 20 ms / concurrency apart, so the packets of concurrent ports interleave evenly
+    # instead of leaving in bursts of `concurrency` at once: a burst queues at both ends, and that queueing
+    # was measured as RTT and jitter (bench/rtp.py: 16 ports in step gave ~4.8 ms "RTT" on a veth pair
+    # whose wire RTT is 5 us). It also makes concurrency x 50 packets/s a true bound for short bursts.
+    spacing = PACKET_INTERVAL / spec.concurrency
+    next_start = trio.current_time()
 
     async def one(port: int) -> None:
+        nonlocal next_start
         async with limiter:
-            if trio.current_time() + burst + _STRAGGLE_FLOOR > end:
+            start = max(trio.current_time(), next_start)
+            next_start = start + spacing
+            if start + burst + _STRAGGLE_FLOOR > end:
                 return  # would not fit: stays not_measured
+            await trio.sleep_until(start)
             result = await _measure_port(spec, port, run, codec, address, local, end)
             if result is not None:
                 run.ports[port] = result
@@ -891,9 +912,10 @@ async def _measure_port(
         except OSError as exc:
             run.media_errors.append(f"cannot open a UDP socket to port {port}: {exc}")
             return None
+        stamped = stamp_arrivals(sock)
         with trio.move_on_at(end):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_receive_rtp, sock, prun, codec, run)
+                nursery.start_soon(_receive_rtp, sock, prun, codec, run, stamped)
                 if rtcp_sock is not None:
                     assert rtcp_request is not None
                     nursery.start_soon(_receive_rtcp, rtcp_sock, prun, codec, rtcp_request[1])
@@ -937,20 +959,30 @@ async def _send_burst(
     prun.check_settled()
 
 
-async def _receive_rtp(sock: trio.socket.SocketType, prun: _PortRun, codec: _Codec, run: _RunState) -> None:
+async def _receive_rtp(
+    sock: trio.socket.SocketType, prun: _PortRun, codec: _Codec, run: _RunState, stamped: bool = False
+) -> None:
+    """Accept echoes on `sock`. T4 is the kernel's arrival stamp when `stamped` (time spent queued in the
+    socket while this process served other ports is not path delay), else the clock after `recv`."""
     while True:
         try:
-            data = await sock.recv(_RECV_SIZE)
+            if stamped:
+                data, ancdata, _flags, _address = await sock.recvmsg(_RECV_SIZE, rxstamp.ANCILLARY_SIZE)
+                arrived = rxstamp.unix_from_ancillary(ancdata)
+            else:
+                data, arrived = await sock.recv(_RECV_SIZE), None
         except OSError as exc:
             prun.socket_errors += 1
             if exc.errno in _ICMP_ERRNOS:
                 continue  # reported once per ICMP message; the socket stays usable
             return  # anything else would repeat at once: stop listening on this socket
-        echo = codec.reply(prun, data, time.time())
+        echo = codec.reply(prun, data, time.time() if arrived is None else arrived)
         if echo is None:
             prun.bad += 1
             continue
-        run.max_rtt = max(run.max_rtt, echo.rtt)
+        # The straggler window must cover the whole wait, the peer's turnaround included, which the RTT
+        # leaves out (with kernel stamps even its socket queueing).
+        run.max_wait = max(run.max_wait, time.time() - prun.sent_at[echo.index])
         prun.accept(echo)
 
 

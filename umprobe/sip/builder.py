@@ -12,6 +12,11 @@ Decisions:
 * ``uri_scheme="sips"`` requires TLS (§26.2.2) and writes ``sips:host:port`` with no ``transport`` parameter
   (RFC 5630 §3.1.3 deprecates ``transport=tls``); the Contact then uses ``sips:`` too (§8.1.1.8). The default
   ``sip:host:port;transport=tls`` is what Exchange itself advertises.
+* The Contact is ``sip:umprobe@LOCAL:PORT;transport=T`` by default. With ``contact_host`` it is
+  ``sip:CONTACT_HOST:CONTACT_PORT;transport=T`` with no userinfo (``contact_port`` defaults to the local
+  port): the shape Teams Direct Routing requires, ``<sip:SBC_FQDN:5061;transport=tls>`` (umprobe.profiles).
+* ``transport="udp"`` writes ``SIP/2.0/UDP`` in the Via and ``;transport=udp`` in the Request-URI and Contact;
+  the request keeps ``Content-Length: 0`` (optional on UDP, §18.3, but harmless and what peers expect).
 * ``;rport`` is always sent (RFC 3581); ``;alias`` (RFC 5923) and ``;keep`` (RFC 6223) never are.
 """
 
@@ -44,8 +49,8 @@ _USER_AGENT_RE: Final = re.compile(r"[\x20-\x7e]+")  # printable ASCII, no CR/LF
 class OptionsRequest:
     """An OPTIONS request ready to send: `raw` is the complete wire bytes; the rest are its identifiers.
 
-    `transport` is the Via transport, ``"TCP"`` or ``"TLS"``; `sent_by_host` has no IPv6 brackets; `call_id`
-    is the whole Call-ID value (``<hex>@<domain>``).
+    `transport` is the Via transport, ``"TCP"``, ``"TLS"`` or ``"UDP"``; `sent_by_host` has no IPv6 brackets;
+    `call_id` is the whole Call-ID value (``<hex>@<domain>``).
     """
 
     request_uri: str
@@ -108,7 +113,7 @@ def build_options(
     *,
     target_host: str,
     target_port: int,
-    transport: Literal["tcp", "tls"],
+    transport: Literal["tcp", "tls", "udp"],
     local_host: str,
     local_port: int,
     from_domain: str | None = None,
@@ -117,6 +122,8 @@ def build_options(
     user_agent: str = DEFAULT_USER_AGENT,
     contact: bool = True,
     token: Callable[[int], str] = secrets.token_hex,
+    contact_host: str | None = None,
+    contact_port: int | None = None,
 ) -> OptionsRequest:
     """Build an OPTIONS request for `target_host`:`target_port` sent from `local_host`:`local_port`.
 
@@ -124,8 +131,8 @@ def build_options(
     and the Call-ID token(8) ``@`` from_domain (§8.1.1.4); from_domain defaults to local_host.
     Raises LocalProtocolError on invalid arguments.
     """
-    if transport not in ("tcp", "tls"):
-        raise LocalProtocolError(f"transport must be 'tcp' or 'tls', got {transport!r}")
+    if transport not in ("tcp", "tls", "udp"):
+        raise LocalProtocolError(f"transport must be 'tcp', 'tls' or 'udp', got {transport!r}")
     if uri_scheme not in ("sip", "sips"):
         raise LocalProtocolError(f"uri_scheme must be 'sip' or 'sips', got {uri_scheme!r}")
     if uri_scheme == "sips" and transport != "tls":
@@ -135,22 +142,31 @@ def build_options(
     _, domain = format_host(local_host if from_domain is None else from_domain, what="from_domain")
     _check_port(target_port, "target_port")
     _check_port(local_port, "local_port")
+    contact_at = f"umprobe@{local}:{local_port}"
+    if contact_host is not None:
+        port = local_port if contact_port is None else _check_port(contact_port, "contact_port")
+        contact_at = f"{format_host(contact_host, what='contact_host')[1]}:{port}"
     if isinstance(cseq, bool) or not isinstance(cseq, int) or not 1 <= cseq <= CSEQ_MAX:
         raise LocalProtocolError(f"cseq must be an int in 1..2**31-1 (RFC 3261 §8.1.1.5), got {cseq!r}")
     if not isinstance(user_agent, str) or not _USER_AGENT_RE.fullmatch(user_agent):
         raise LocalProtocolError(f"user_agent must be non-empty printable ASCII, got {user_agent!r}")
 
-    branch = BRANCH_MAGIC + _fresh_token(token, 8, "branch")
-    from_tag = _fresh_token(token, 4, "From tag")
-    call_id = f"{_fresh_token(token, 8, 'Call-ID')}@{domain}"
+    if token is secrets.token_hex:
+        # The default: the same 20 random bytes in one draw instead of three (hex is always a token).
+        hex20 = secrets.token_hex(20)
+        branch, from_tag, call_id = BRANCH_MAGIC + hex20[:16], hex20[16:24], f"{hex20[24:]}@{domain}"
+    else:
+        branch = BRANCH_MAGIC + _fresh_token(token, 8, "branch")
+        from_tag = _fresh_token(token, 4, "From tag")
+        call_id = f"{_fresh_token(token, 8, 'Call-ID')}@{domain}"
 
     # §19.1.1: sip:host:port;transport=... ; Exchange's own pings use exactly this shape.
     if uri_scheme == "sips":
         request_uri = f"sips:{target}:{target_port}"
-        contact_uri = f"sips:umprobe@{local}:{local_port}"
+        contact_uri = f"sips:{contact_at}"
     else:
         request_uri = f"sip:{target}:{target_port};transport={transport}"
-        contact_uri = f"sip:umprobe@{local}:{local_port};transport={transport}"
+        contact_uri = f"sip:{contact_at};transport={transport}"
     via_transport = transport.upper()
     lines = [
         f"OPTIONS {request_uri} SIP/2.0",

@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from umprobe.sip.errors import LocalProtocolError
@@ -184,12 +184,23 @@ def canonical_name(name: str) -> str:
     return _CANONICAL.get(low, name)
 
 
+# `_key` of the names this package looks up and of the spellings the parser stores for them, made once:
+# a response is matched and reported with a dozen lookups over all of its rows.
+_KEYS: Final[dict[str, str]] = {
+    name: canonical_name(name).lower()
+    for name in (*_WELL_KNOWN, *_COMPACT, *(letter.upper() for letter in _COMPACT))
+}
+
+
 def _key(name: str) -> str:
-    return canonical_name(name).lower()
+    key = _KEYS.get(name)
+    return key if key is not None else canonical_name(name).lower()
 
 
 def _scan_split(value: str, sep: str, *, angles: bool) -> list[str]:
     """Split `value` on `sep` outside quoted strings (backslash escapes, §25.1) and, if `angles`, <...>."""
+    if '"' not in value and (not angles or "<" not in value):
+        return value.split(sep)  # nothing to skip over: the scan below would split at every `sep`
     parts: list[str] = []
     start = 0
     in_quote = False
@@ -380,19 +391,28 @@ class Headers:
     """
 
     items: tuple[tuple[str, str], ...] = ()
+    # Every row's value by the row's `_key`, in order: made by the first lookup (a response is matched and
+    # reported with a dozen of them), derived from `items` alone.
+    _by_key: dict[str, list[str]] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_pairs(cls, pairs: Iterable[tuple[str, str]]) -> Headers:
         """Build headers from ``(name, value)`` pairs, canonicalising the names."""
         return cls(tuple((canonical_name(name), value) for name, value in pairs))
 
+    def _values(self, key: str) -> list[str]:
+        by_key = self._by_key
+        if by_key is None:
+            by_key = {}
+            for row_name, value in self.items:
+                by_key.setdefault(_key(row_name), []).append(value)
+            object.__setattr__(self, "_by_key", by_key)
+        return by_key.get(key, [])
+
     def get(self, name: str) -> str | None:
         """Return the value of the first row named `name` (case-insensitive, compact forms accepted)."""
-        key = _key(name)
-        for row_name, value in self.items:
-            if _key(row_name) == key:
-                return value
-        return None
+        values = self._values(_key(name))
+        return values[0] if values else None
 
     def get_all(self, name: str) -> list[str]:
         """Return every value of `name` in order.
@@ -403,9 +423,9 @@ class Headers:
         returned one value per row.
         """
         key = _key(name)
-        values = [value for row_name, value in self.items if _key(row_name) == key]
+        values = self._values(key)
         if key not in _LIST_KEYS:
-            return values
+            return list(values)
         return [element for value in values for element in split_header_list(value)]
 
     def __len__(self) -> int:

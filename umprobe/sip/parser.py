@@ -71,6 +71,12 @@ _TOKEN_RE: Final = re.compile(rb"[A-Za-z0-9\-.!%*_+`'~]+")  # §25.1 token (Meth
 _URI_RE: Final = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*:[!#-;=?-~]+")
 _MAX_CONTENT_LENGTH_DIGITS: Final = 20
 # Bytes that can begin a start line: a Method token (§25.1) or the "SIP/" of a Status-Line.
+# A TLS record where a SIP start line should be: a TLS server on a plain SIP port answers our OPTIONS with an
+# alert (or, for a TLS client on a plain port, the roles reversed, a handshake record).
+_TLS_RECORD_HINTS: Final = {
+    0x15: " (a TLS alert record: is the peer speaking TLS?)",
+    0x16: " (a TLS handshake record: is the peer speaking TLS?)",
+}
 _START_BYTES: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.!%*_+`'~")
 
 
@@ -115,6 +121,10 @@ def _parse_start_line(line: bytes) -> _StatusLine | _RequestLine:
         # §7.2, §25.1: the Reason-Phrase may be empty or UTF-8 (RFC 4475 `noreason`, `unreason`).
         return _StatusLine(int(code), reason.decode("utf-8", errors="replace"))
     # §7.1 Request-Line = Method SP Request-URI SP SIP-Version CRLF, single SPs (RFC 4475 `lwsstart`, `trws`).
+    if line[:5].upper() == b"HTTP/":
+        raise _remote(
+            f"an HTTP status line, not SIP (an HTTP server on this port?): {line[:80]!r}", "bad_start_line"
+        )
     parts = line.split(b" ")
     if len(parts) != 3:
         raise _remote(f"request line must be 'METHOD SP URI SP SIP/2.0': {line[:80]!r}", "bad_start_line")
@@ -138,7 +148,7 @@ def _parse_header_lines(lines: list[bytes]) -> list[tuple[str, str]]:
     def flush() -> None:
         if name is not None:
             # §7.3.1: a fold (CRLF + SP/HT) is equivalent to a single SP.
-            value = b" ".join(part for part in parts if part)
+            value = parts[0] if len(parts) == 1 else b" ".join(part for part in parts if part)
             rows.append((canonical_name(name), value.decode("utf-8", errors="replace")))
 
     for line in lines:
@@ -283,7 +293,7 @@ class StreamParser:
         # blank line is there; both paths raise the same error, so chunking still never changes the outcome.
         buf = self._buf
         if buf[0] not in _START_BYTES and buf[0] != 0x0D:  # a lone CR is half a keep-alive CRLF
-            hint = " (a TLS handshake record: is the peer speaking TLS?)" if buf[0] == 0x16 else ""
+            hint = _TLS_RECORD_HINTS.get(buf[0], "")
             raise _remote(f"byte 0x{buf[0]:02x} cannot begin a SIP start line{hint}", "bad_start_line")
         end = buf.find(b"\n", self._line_from)
         if end < 0:
