@@ -271,7 +271,8 @@ async def test_the_deadline_leaves_later_ports_not_measured(peer: RunningPeer) -
     assert trio.current_time() - start < 3.0
     assert result.reason is RtpReason.OK, result.detail
     counts = result.totals.state_counts
-    assert counts["reachable"] == 2 and counts["not_measured"] == 6, counts
+    # Two bursts fit on an idle machine; a loaded one may finish only one before the deadline.
+    assert counts["reachable"] in (1, 2) and counts["reachable"] + counts["not_measured"] == 8, counts
     assert all(p.sent == 50 and p.peer_rx == 50 for p in result.ports if p.state == "reachable")
     report = evaluate_rtp(result, RtpThresholds())
     assert report.state is State.WARNING and any("not measured" in p for p in report.problems)

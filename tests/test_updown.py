@@ -271,6 +271,20 @@ def test_threshold_changes_are_logged_once(caplog: pytest.LogCaptureFixture) -> 
     assert fields[0]["failures_before_down"] == 2 and fields[0]["address"] == "192.0.2.10"
 
 
+def test_thresholds_of_one_log_nothing_more_than_the_state_lines(caplog: pytest.LogCaptureFixture) -> None:
+    probe = thresholded(probe_config(), 1, 1)
+    store = ResultStore()
+    store.set_probes([probe])
+    log = ProbeStateLog()
+    caplog.set_level(logging.INFO, logger="umprobe")
+    changes = []
+    for results in (failed(probe), ok(probe), failed(probe)):
+        changes += store.record(probe, results)
+        log.threshold_changes(probe, changes[-1:])
+    assert [c.state for c in changes] == ["down", "up", "down"], "the state machine still judges"
+    assert not [r for r in caplog.records if r.getMessage() == "listener threshold state changed"]
+
+
 # -- a real `umprobe run` ---------------------------------------------------------------------------------
 
 

@@ -371,11 +371,16 @@ class ProbeStateLog:
         self._states[probe.id] = seen
 
     def threshold_changes(self, probe: ProbeConfig, changes: Sequence[ThresholdChange]) -> None:
-        """Log the threshold state changes `ResultStore.record` returned for one run of `probe`."""
+        """Log the threshold state changes `ResultStore.record` returned for one run of `probe`.
+
+        With thresholds of 1/1 the threshold state is the run's own state, which the probe's state lines
+        already tell: nothing more is logged (a storm of failures must stay one line per change)."""
+        thresholds = probe.thresholds
+        if thresholds.failures_before_down == 1 and thresholds.successes_before_up == 1:
+            return
         for change in changes:
             if change.previous == "unknown" and change.state == "up":
                 continue
-            thresholds = probe.thresholds
             log_event(
                 self._logger,
                 logging.INFO if change.state == "up" else logging.WARNING,
