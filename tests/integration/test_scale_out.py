@@ -15,18 +15,18 @@ lab directory, stopped by PID). What is checked is what an operator relies on:
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import trio
 
 from tests.conftest import _LAB_PROCESSES
+from tests.integration.test_prometheus import _start_with_retry, wait_for
 from tests.lab.ports import allocate_port
-from tests.lab.proc import LabError, LabProcess, LabStartError
+from tests.lab.proc import LabProcess
 from tests.lab.prometheus import PrometheusServer
 from tests.test_daemon import BackgroundService
 from umprobe.config import load_config
@@ -35,39 +35,8 @@ from umprobe.shard import shard_index
 
 pytestmark = pytest.mark.lab
 
-_T = TypeVar("_T")
 WAIT = 40.0
-POLL = 0.25
 PORTS = 12
-
-
-def _start_with_retry(make: Callable[[], _T], start: Callable[[_T], object]) -> _T:
-    for attempt in range(3):
-        thing = make()
-        try:
-            start(thing)
-        except LabStartError as exc:
-            if exc.port_conflict and attempt < 2:
-                continue
-            pytest.fail(str(exc), pytrace=False)
-        except LabError as exc:
-            pytest.fail(str(exc), pytrace=False)
-        return thing
-    raise AssertionError("unreachable")
-
-
-def _wait(what: str, fetch: Callable[[], _T], ok: Callable[[_T], bool], processes: list[LabProcess]) -> _T:
-    deadline = time.monotonic() + WAIT
-    while True:
-        for proc in processes:
-            if not proc.is_alive():
-                raise AssertionError(f"{proc.name} is not running\n{proc.describe(40)}")
-        last = fetch()
-        if ok(last):
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {WAIT:g} s waiting for {what}; last: {last!r}")
-        time.sleep(POLL)
 
 
 @pytest.fixture(scope="module")
@@ -194,13 +163,14 @@ def test_two_sharded_daemons_scrape_every_probe_exactly_once(
     probes = load_config(config_path).probes
     expected_owner = {p.name: daemons[shard_index(p.id, 2) - 1] for p in probes}
     assert {d.shard for d in expected_owner.values()} == {"1/2", "2/2"}, "both shards own probes"
-    processes = [d.process for d in daemons] + [prometheus.process]
+    processes = (*(d.process for d in daemons), prometheus.process)
 
-    series = _wait(
+    series = wait_for(
         f"one umprobe_probe_success series for each of the {len(probes)} probes",
         lambda: prometheus.query('umprobe_probe_success{job="umprobe"}'),
         lambda result: len(result) == len(probes) and all(v == 1.0 for _, v in result),
-        processes,
+        processes=processes,
+        timeout=WAIT,
     )
     by_probe: dict[str, list[dict[str, str]]] = {}
     for labels, _ in series:
@@ -221,12 +191,13 @@ def test_hashmod_jobs_split_probe_targets_without_overlap(
 ) -> None:
     _, daemons = sharded
     targets = {f"127.0.0.1:{port}" for port in responder_ports}
-    processes = [d.process for d in daemons] + [prometheus.process]
-    result = _wait(
+    processes = (*(d.process for d in daemons), prometheus.process)
+    result = wait_for(
         f"probe_success for all {len(targets)} /probe targets",
         lambda: prometheus.query('probe_success{job=~"umprobe-probe-shard.*"}'),
         lambda result: len(result) == len(targets),
-        processes,
+        processes=processes,
+        timeout=WAIT,
     )
     jobs_by_target: dict[str, list[str]] = {}
     for labels, value in result:
