@@ -52,6 +52,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import cast
@@ -79,6 +80,24 @@ __all__ = ["Daemon", "lone_user_error", "reload_config", "run_daemon", "tls_cont
 _log = logging.getLogger("umprobe.daemon")
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@dataclass(frozen=True, slots=True)
+class _Share:
+    """What one daemon runs of a config: its shard's SIP probes, RTP sweeps and inbound listeners."""
+
+    probes: tuple[ProbeConfig, ...]
+    rtp: tuple[RtpProbeConfig, ...]
+    listen: tuple[ListenConfig, ...]
+
+    @classmethod
+    def of(cls, config: Config, shard: Shard) -> _Share:
+        return cls(shard.select(config.probes), shard.select(config.rtp), shard.select(config.listen))
+
+    @property
+    def jobs(self) -> tuple[ProbeConfig | RtpProbeConfig, ...]:
+        """What the scheduler runs, in `Config.jobs` order: the SIP probes, then the RTP sweeps."""
+        return (*self.probes, *self.rtp)
 
 
 def _hostport(host: str, port: int) -> str:
@@ -168,17 +187,17 @@ class Daemon:
     ) -> Daemon:
         """A daemon for `config` (its `shard` of it) with a fresh store and scheduler, ready to `serve`.
         `vantage` (default: the config's `exporter.vantage`) labels every per-probe series."""
+        share = _Share.of(config, shard)
         store = ResultStore()
-        store.set_probes(shard.select(config.probes))
-        store.set_rtp(shard.select(config.rtp))
+        store.set_probes(share.probes)
+        store.set_rtp(share.rtp)
         store.set_reload(success=True, at=time.time())
-        jobs = shard.select(config.jobs)
         try:
-            contexts = tls_contexts(jobs)
+            contexts = tls_contexts(share.jobs)
         except TLSConfigError as exc:  # a file gone since load_config read it
             raise ConfigError(f"{config.source}: {exc}", source=config.source) from None
         scheduler = Scheduler(store, max_concurrency=config.scheduler.max_concurrency, contexts=contexts)
-        scheduler.update(jobs)
+        scheduler.update(share.jobs)
         inbound = tuple(
             (
                 listen,
@@ -191,7 +210,7 @@ class Daemon:
                     demoted_after=listen.demoted_after,
                 ),
             )
-            for listen in shard.select(config.listen)
+            for listen in share.listen
         )
         store.set_inbound([book for _, book in inbound])
         daemon = cls(
@@ -229,7 +248,8 @@ class Daemon:
     def _reload_now(self, source: str) -> bool:
         try:
             new = self._load()
-            contexts = tls_contexts(self.shard.select(new.jobs))
+            share = _Share.of(new, self.shard)
+            contexts = tls_contexts(share.jobs)
         except (UserError, TLSConfigError) as exc:
             return self._reject(source, str(exc), None)
         except Exception as exc:  # a bug while loading must not take the running daemon down
@@ -239,9 +259,9 @@ class Daemon:
         # replaced or deleted without effect until the next successful reload.
         self.scheduler.contexts, previous = contexts, self.scheduler.contexts
         previous.clear()
-        self.store.set_probes(self.shard.select(new.probes))
-        self.store.set_rtp(self.shard.select(new.rtp))
-        summary = self.scheduler.update(self.shard.select(new.jobs))
+        self.store.set_probes(share.probes)
+        self.store.set_rtp(share.rtp)
+        summary = self.scheduler.update(share.jobs)
         self.scheduler.max_concurrency = new.scheduler.max_concurrency
         if new.log != old.log:
             configure_logging(fmt=self._log_format or new.log.format, level=new.log.level)
@@ -254,8 +274,8 @@ class Daemon:
             "config reloaded",
             source=source,
             config=self.source,
-            probes=len(self.shard.select(new.probes)),
-            rtp_peers=len(self.shard.select(new.rtp)),
+            probes=len(share.probes),
+            rtp_peers=len(share.rtp),
             added=len(summary.added),
             removed=len(summary.removed),
             changed=len(summary.changed),
@@ -269,13 +289,13 @@ class Daemon:
                 listening=self.listen,
                 wanted=new.exporter.listen,
             )
-        if self.shard.select(new.listen) != tuple(listen for listen, _ in self.inbound):
+        if share.listen != tuple(listen for listen, _ in self.inbound):
             log_event(
                 _log,
                 logging.WARNING,
                 "[[listen]] changed; restart umprobe to apply it (the running listeners stay as they are)",
                 listening=",".join(listen.name for listen, _ in self.inbound),
-                wanted=",".join(listen.name for listen in self.shard.select(new.listen)),
+                wanted=",".join(listen.name for listen in share.listen),
             )
         if new.exporter.vantage != old.exporter.vantage and self.vantage == old.exporter.vantage:
             log_event(
@@ -336,8 +356,8 @@ class Daemon:
                     "umprobe running",
                     config=self.source,
                     listen=" ".join(_hostport(str(h), int(p)) for h, p in bound),
-                    probes=len(self.shard.select(self.config.probes)),
-                    rtp_peers=len(self.shard.select(self.config.rtp)),
+                    probes=len(self.store.probes()),
+                    rtp_peers=len(self.store.rtp_probes()),
                     inbound_listeners=len(self.inbound),
                     max_concurrency=self.scheduler.max_concurrency,
                     shard=str(self.shard),
