@@ -28,7 +28,7 @@ interval long. Per window:
 * Probes ok/s: delta of sum(`umprobe_probe_runs_total`) - sum(`umprobe_probe_failures_total`) over the
   window, beside the scheduled rate N / I; `umprobe_scheduler_skipped_slots_total` delta.
 
-The knee: 10,000 listeners at shorter and shorter intervals (30, 15, 8, 4, 2, 1 s) until a step misses:
+The knee: 10,000 listeners at shorter and shorter intervals (30, 20, 15, 10, 5, 2 s) until a step misses:
 lag p99 >= 100 ms, a skipped slot, fewer than 95 % of the scheduled runs succeeding, or the daemon's CPU
 at >= 95 % of its core. The knee is reported as the last step that kept up and the first that did not.
 
@@ -80,7 +80,7 @@ FIRST_PORT = 12000  # responder ports are taken upward from here, below the ephe
 LAST_PORT = 32000
 LAG_GOAL = 0.100  # seconds, p99
 RSS_GOAL = 200 * 1024 * 1024  # bytes
-KNEE_INTERVALS = (30.0, 15.0, 8.0, 4.0, 2.0, 1.0)
+KNEE_INTERVALS = (30.0, 20.0, 15.0, 10.0, 5.0, 2.0)
 KNEE_OK_SHARE = 0.95  # a step keeps up when at least this share of its scheduled runs succeeded
 KNEE_CPU = 95.0  # % of one core
 
@@ -430,8 +430,11 @@ def _sleep_until(wall: float) -> None:
         time.sleep(min(left, 0.5))
 
 
-def run_case(responder: _Responder, listeners: int, interval: float, settings: Settings) -> CaseResult:
-    """A fresh daemon with `listeners` probes at `interval`: warm-up of one interval, then the windows."""
+def run_case(
+    responder: _Responder, listeners: int, interval: float, settings: Settings, *, stop_on_skips: bool = False
+) -> CaseResult:
+    """A fresh daemon with `listeners` probes at `interval`: warm-up of one interval, then the windows
+    (`stop_on_skips`: no more windows after one that skipped slots, a daemon that clearly cannot keep up)."""
     from tests.lab.ports import allocate_port
     from tests.lab.proc import LabProcess
     from umprobe.config import load_config
@@ -473,6 +476,8 @@ def run_case(responder: _Responder, listeners: int, interval: float, settings: S
                 f"{median(w.scrape_ms):.0f} ms {w.scrape_bytes / 1e6:.1f} MB, ok {w.ok_per_s:.1f}/s of "
                 f"{w.scheduled_per_s:.1f}, skipped {w.skipped}, responder CPU {w.responder_cpu_pct:.0f} %"
             )
+            if stop_on_skips and w.skipped:
+                break
         return CaseResult(listeners, interval, windows, startup, rss_idle)
     finally:
         daemon.stop(grace=10.0)
@@ -647,7 +652,7 @@ def _knee(
     steps: list[tuple[CaseResult, bool]] = [(base, base.keeps_up())]
     if steps[0][1]:
         for interval in intervals:
-            case = run_case(responder, listeners, interval, step)
+            case = run_case(responder, listeners, interval, step, stop_on_skips=True)
             ok = case.keeps_up()
             steps.append((case, ok))
             if not ok:

@@ -665,8 +665,28 @@ def _simple_request(data: bytes, conn: h11.Connection) -> _Request | None:
     requests with nothing buffered; else None (h11 reads it)."""
     if len(data) > MAX_HEADER_BYTES or conn.our_state is not h11.IDLE or conn.their_state is not h11.IDLE:
         return None
+    if conn.trailing_data != (b"", False):
+        return None
+    if data in _SIMPLE_SEEN:  # Prometheus sends the same request for a target at every scrape
+        return _SIMPLE_SEEN[data]
+    request = _read_simple(data)
+    if len(data) <= _SIMPLE_SEEN_SIZE:
+        if len(_SIMPLE_SEEN) >= _SIMPLE_SEEN_KEPT:
+            _SIMPLE_SEEN.clear()
+        _SIMPLE_SEEN[data] = request
+    return request
+
+
+#: `_read_simple`'s answers by request bytes (requests up to _SIMPLE_SEEN_SIZE bytes, at most
+#: _SIMPLE_SEEN_KEPT of them); its requests are never changed, so they can be handed out again.
+_SIMPLE_SEEN: dict[bytes, _Request | None] = {}
+_SIMPLE_SEEN_SIZE = 2048
+_SIMPLE_SEEN_KEPT = 256
+
+
+def _read_simple(data: bytes) -> _Request | None:
     match = _SIMPLE_HEAD.fullmatch(data)
-    if match is None or conn.trailing_data != (b"", False):
+    if match is None:
         return None
     headers: list[tuple[bytes, bytes]] = []
     hosts = 0
@@ -701,9 +721,20 @@ def _response_bytes(response: _Response) -> bytes:
     line, the headers as `_send` gives them and the body, framed by its Content-Length."""
     if response.stream is not None:
         raise AssertionError("a simple request is never answered with a streamed body")
-    head = [b"HTTP/1.1 %d %s\r\n" % (response.status, _phrase(response.status))]
-    head += [f"{name}: {value}\r\n".encode("ascii") for name, value in _response_headers(response)]
-    return b"".join([*head, b"\r\n", response.body])
+    key = (response.status, response.content_type, response.headers, response.close)
+    frame = _FRAMES.get(key)
+    if frame is None:  # the head around the Content-Length value, made once per kind of response
+        lines = [f"{name}: {value}\r\n".encode("ascii") for name, value in _response_headers(response)]
+        at = next(i for i, line in enumerate(lines) if line.startswith(b"content-length: "))
+        status = b"HTTP/1.1 %d %s\r\n" % (response.status, _phrase(response.status))
+        frame = (b"".join([status, *lines[:at], b"content-length: "]), b"".join([b"\r\n", *lines[at + 1 :]]))
+        if len(_FRAMES) >= _SIMPLE_SEEN_KEPT:
+            _FRAMES.clear()
+        _FRAMES[key] = frame
+    return b"".join([frame[0], b"%d" % len(response.body), frame[1], b"\r\n", response.body])
+
+
+_FRAMES: dict[tuple[int, str, tuple[tuple[str, str], ...], bool], tuple[bytes, bytes]] = {}
 
 
 def _param(request: _Request, name: str) -> str | None:

@@ -935,8 +935,9 @@ _WRITE_SIZE = 256 * 1024
 
 async def write_metrics(registry: Collector, write: Callable[[bytes], Awaitable[None]]) -> None:
     """`render_metrics` for the daemon's /metrics, handed to `write` piece by piece as it is made, letting
-    other trio tasks run every `_WALK_CHUNK` probes: at 10,000 listeners the page is ~60 MB, the scheduler
-    must not wait for it, and the daemon never holds all of it."""
+    other trio tasks run every `_WALK_CHUNK` probes (a few milliseconds): at 10,000 listeners the page is
+    ~65 MB, the scheduler must not wait for it, and the daemon never holds all of it. (Past the knee, with
+    hundreds of runs a second waiting, each step waits for all of them: the page then takes long.)"""
     pending: list[bytes] = []
     size = 0
     for piece in _pieces(registry):

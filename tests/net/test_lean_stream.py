@@ -9,8 +9,9 @@ import pytest
 import trio
 import trio.testing
 
+from umprobe.net.errors import ConnectRefused
 from umprobe.net.resolve import ResolvedAddress
-from umprobe.net.tcp import LeanSocketStream, TCPStream, open_lean_tcp
+from umprobe.net.tcp import LeanSocketStream, TCPStream, open_lean_tcp, open_tcp
 
 
 def _lean_pair() -> tuple[LeanSocketStream, LeanSocketStream]:
@@ -68,3 +69,16 @@ async def test_errors_are_trio_socket_streams() -> None:
                 await client.receive_some()
             with pytest.raises(trio.ClosedResourceError):
                 await client.send_all(b"x")
+
+
+async def test_connect_errors_match_open_tcp() -> None:
+    with trio.fail_after(10):
+        listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+        port = listener.socket.getsockname()[1]
+        await listener.aclose()  # nothing listens there now
+        details = []
+        for opener in (open_tcp, open_lean_tcp):
+            with pytest.raises(ConnectRefused) as refused:
+                await opener(ResolvedAddress("127.0.0.1", "ipv4"), port)
+            details.append(refused.value.detail)
+        assert details == [f"connection to 127.0.0.1:{port} refused"] * 2

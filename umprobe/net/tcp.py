@@ -78,7 +78,7 @@ async def _connect(address: ResolvedAddress, port: int) -> tuple[trio.socket.Soc
         ) from exc
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        await sock.connect((address.address, port))
+        await _socket_connect(sock, raw, (address.address, port))
     except OSError as exc:
         sock.close()
         if exc.errno == errno.ECONNREFUSED:
@@ -91,6 +91,35 @@ async def _connect(address: ResolvedAddress, port: int) -> tuple[trio.socket.Soc
         sock.close()
         raise
     return sock, raw
+
+
+async def _socket_connect(sock: trio.socket.SocketType, raw: socket.socket, address: tuple[str, int]) -> None:
+    """``await sock.connect(address)``, done as trio does it for an address that needs no lookup, minus
+    its per-call wrappers; any other address goes to trio."""
+    try:
+        socket.inet_pton(raw.family, address[0])
+    except OSError:  # e.g. an IPv6 literal with a zone: trio asks getaddrinfo for the scope id
+        await sock.connect(address)
+        return
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        raw.connect(address)
+    except BlockingIOError:
+        pass
+    except BaseException:
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        raise
+    else:
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return
+    try:
+        await trio.lowlevel.wait_writable(raw)
+    except trio.Cancelled:
+        raw.close()
+        raise
+    err = raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err != 0:
+        raise OSError(err, f"Error connecting to {address!r}: {os.strerror(err)}")
 
 
 def _stream_error(exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:

@@ -721,19 +721,21 @@ _T = TypeVar("_T")
 #             WantReadError  -> it needs more ciphertext from the peer
 #             SSL.Error      -> translate (flushing any alert OpenSSL queued for the peer) and raise
 #             success        -> done after this pass
-#         drain the outgoing BIO; if there is ciphertext, send it (under the send lock), then loop again
-#         elif the operation wanted to read: receive once from the transport (under the receive lock) and
-#             bio_write it (or bio_shutdown on EOF), then loop again
+#         drain the outgoing BIO; if there is ciphertext, send it (under the send lock)
+#         if the operation wanted to read: receive once from the transport (under the receive lock) and
+#             bio_write it (or bio_shutdown on EOF)
+#         loop again unless done
 #
 # "Send pending output before receiving" is what makes the handshake progress: after WantReadError there is
-# usually a flight (ClientHello, Finished, an alert) waiting in the outgoing BIO.
+# usually a flight (ClientHello, Finished, an alert) waiting in the outgoing BIO. Sending it gives OpenSSL
+# nothing to read, so the receive follows in the same pass rather than after a second, futile call.
 #
 # Concurrency follows the trio.abc.Stream contract: one task may be in send_all while another is in
 # receive_some. Both may need the transport in either direction (a read may have to answer a KeyUpdate, a
 # write may find the handshake unfinished), so transport sends happen under ``_inner_send_lock`` and
-# transport receives under ``_inner_recv_lock``; ``_inner_recv_count`` lets a task that waited for the
-# receive lock notice that another task already fetched fresh data and retry the SSL call instead of
-# blocking on a second read. The handshake runs once, under ``_handshake_lock``, whoever triggers it.
+# transport receives under ``_inner_recv_lock``; ``_inner_recv_count`` lets a task about to receive notice
+# that another task fetched fresh data since its SSL call and retry the call instead of blocking on a
+# second read. The handshake runs once, under ``_handshake_lock``, whoever triggers it.
 #
 # Cancellation: a cancelled transport *receive* loses nothing (no bytes were taken), so the stream stays
 # usable. A cancelled transport *send* may have written part of a record, so the stream becomes BROKEN.
@@ -1042,6 +1044,9 @@ class TLSStream(trio.abc.Stream):
         while True:
             want_read = False
             finished = False
+            # The receives fn() has seen: if another task brings in more before we would receive, call fn()
+            # again instead of waiting for bytes it may not need.
+            recv_count = self._inner_recv_count
             try:
                 result = fn()
             except SSL.WantReadError:
@@ -1094,8 +1099,7 @@ class TLSStream(trio.abc.Stream):
                 except BaseException:
                     self._fail(ConnectionClosed("TLS stream broken: a send was interrupted midway"))
                     raise
-            elif want_read:
-                recv_count = self._inner_recv_count
+            if want_read:  # sending gives OpenSSL nothing to read: it still needs bytes from the peer
                 await _take(self._inner_recv_lock)
                 try:
                     yielded = True
