@@ -29,7 +29,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self, TypeVar
 
 from tests.lab.kamailio import CertPair, KamailioInstance, Listener
 from tests.lab.ports import allocate_port
@@ -57,6 +57,7 @@ REPO = Path(__file__).resolve().parent.parent
 SERVER_NAMES = ("localhost", "127.0.0.1", "::1", "um.lab.test")
 CLIENT_NAME = "probe.lab.test"
 _SEARCH_PATH = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"
+_T = TypeVar("_T")
 
 
 def umprobe_argv() -> list[str]:
@@ -104,16 +105,11 @@ def build_bench_pki(directory: Path) -> BenchPKI:
 # -- peers -------------------------------------------------------------------------------------------------
 
 
-def start_kamailio(
-    make_listeners: Callable[[], Sequence[Listener]], workdir: Path, pki: BenchPKI, name: str = "kamailio"
-) -> KamailioInstance:
-    """Start Kamailio on `make_listeners()`; on a port conflict call it again for fresh ports (3 tries)."""
+def _with_fresh_ports(start: Callable[[], _T]) -> _T:
+    """`start()`, which picks its ports; on a port someone else took meanwhile, again (3 tries in all)."""
     for attempt in range(3):
-        instance = KamailioInstance(
-            make_listeners(), workdir=workdir, server_certs=pki.server_certs, ca_file=pki.ca_file, name=name
-        )
         try:
-            return instance.start()
+            return start()
         except LabStartError as exc:
             if exc.port_conflict and attempt < 2:
                 continue
@@ -121,22 +117,59 @@ def start_kamailio(
     raise AssertionError("unreachable")
 
 
-class Blackbox:
-    """prometheus-blackbox-exporter with `modules` (a dict, written as JSON, which is YAML) on a free port."""
+def start_kamailio(
+    make_listeners: Callable[[], Sequence[Listener]], workdir: Path, pki: BenchPKI, name: str = "kamailio"
+) -> KamailioInstance:
+    """Start Kamailio on `make_listeners()`; on a port conflict call it again for fresh ports (3 tries)."""
+    return _with_fresh_ports(
+        lambda: KamailioInstance(
+            make_listeners(), workdir=workdir, server_certs=pki.server_certs, ca_file=pki.ca_file, name=name
+        ).start()
+    )
 
-    BINARY = "prometheus-blackbox-exporter"
 
-    def __init__(self, modules: Mapping[str, Any], workdir: Path, name: str = "blackbox") -> None:
-        self.config_path = workdir / f"{name}.yml"
-        self.config_path.write_text(json.dumps({"modules": modules}, indent=2))
+class _Service:
+    """A peer in a LabProcess of its own, on `port` of 127.0.0.1: `pid`, `stop()`, `with` around `start()`."""
+
+    def __init__(self, workdir: Path, name: str) -> None:
         self.workdir = workdir
         self.name = name
         self.port = 0
         self.process: LabProcess | None = None
 
-    def start(self) -> Blackbox:
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None and self.process.pid is not None
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Blackbox(_Service):
+    """prometheus-blackbox-exporter with `modules` (a dict, written as JSON, which is YAML) on a free port."""
+
+    BINARY = "prometheus-blackbox-exporter"
+
+    def __init__(self, modules: Mapping[str, Any], workdir: Path, name: str = "blackbox") -> None:
+        super().__init__(workdir, name)
+        self.config_path = workdir / f"{name}.yml"
+        self.config_path.write_text(json.dumps({"modules": modules}, indent=2))
+
+    def start(self) -> Self:
         binary = require_binary(self.BINARY)
-        for attempt in range(3):
+
+        def attempt() -> LabProcess:
             self.port = allocate_port()
             self.process = LabProcess(
                 self.name,
@@ -149,44 +182,23 @@ class Blackbox:
                 log_dir=self.workdir,
                 ready=[("127.0.0.1", self.port)],
             )
-            try:
-                self.process.start()
-                return self
-            except LabStartError as exc:
-                if exc.port_conflict and attempt < 2:
-                    continue
-                raise
-        raise AssertionError("unreachable")
+            self.process.start()
+            return self.process
 
-    @property
-    def pid(self) -> int:
-        assert self.process is not None and self.process.pid is not None
-        return self.process.pid
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-
-    def __enter__(self) -> Blackbox:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        _with_fresh_ports(attempt)
+        return self
 
 
-class UmprobeDaemon:
+class UmprobeDaemon(_Service):
     """`umprobe run -c CONFIG --listen 127.0.0.1:PORT` with `config_text` written to the workdir."""
 
     def __init__(self, config_text: str, workdir: Path, name: str = "umprobe") -> None:
+        super().__init__(workdir, name)
         self.config_path = workdir / f"{name}.toml"
         self.config_path.write_text(config_text)
-        self.workdir = workdir
-        self.name = name
-        self.port = 0
-        self.process: LabProcess | None = None
 
-    def start(self, timeout: float = 30.0) -> UmprobeDaemon:
-        for attempt in range(3):
+    def start(self, timeout: float = 30.0) -> Self:
+        def attempt() -> LabProcess:
             self.port = allocate_port()
             self.process = LabProcess(
                 self.name,
@@ -196,39 +208,21 @@ class UmprobeDaemon:
                 cwd=REPO,
                 start_timeout=timeout,
             )
-            try:
-                self.process.start()
-            except LabStartError as exc:
-                if exc.port_conflict and attempt < 2:
-                    continue
-                raise
-            status, _ = http_get(self.port, "/-/healthy", timeout=timeout)
-            if status != 200:
-                self.stop()
-                raise RuntimeError(f"{self.name}: /-/healthy answered {status}\n{self.process.describe()}")
-            return self
-        raise AssertionError("unreachable")
+            self.process.start()
+            return self.process
 
-    @property
-    def pid(self) -> int:
-        assert self.process is not None and self.process.pid is not None
-        return self.process.pid
+        process = _with_fresh_ports(attempt)
+        status, _ = http_get(self.port, "/-/healthy", timeout=timeout)
+        if status != 200:
+            self.stop()
+            raise RuntimeError(f"{self.name}: /-/healthy answered {status}\n{process.describe()}")
+        return self
 
     def metrics(self) -> str:
         status, body = http_get(self.port, "/metrics", timeout=30.0)
         if status != 200:
             raise RuntimeError(f"{self.name}: /metrics answered {status}")
         return body.decode("utf-8")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-
-    def __enter__(self) -> UmprobeDaemon:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def tool_version(argv: Sequence[str]) -> str:

@@ -55,6 +55,14 @@ class Timing:
         self.cpu.append(cpu)
 
 
+def _wall(timing: Timing) -> list[float]:
+    return timing.wall
+
+
+def _cpu(timing: Timing) -> list[float]:
+    return timing.cpu
+
+
 def _ports_free(address: str, ports: Sequence[int]) -> bool:
     for port in ports:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -200,41 +208,26 @@ def run(opts: Options) -> BenchResult:
 
     peer = f"sipsak {tool_version(('sipsak', '--version'))}"
 
-    def ms(values: list[float]) -> float:
-        return median(values) * 1000
+    def rows(case: str, ours: str, theirs: str | None = None) -> list[Row]:
+        """Wall time and CPU (medians, in ms) of the command `ours`, beside those of `theirs` if any."""
+        out = []
+        for metric, pick in (("wall time", _wall), ("CPU (user+system)", _cpu)):
+            peer_ms = None if theirs is None else median(pick(timings[theirs])) * 1000
+            out.append(
+                Row(case, metric, "ms", median(pick(timings[ours])) * 1000, peer_ms, peer if theirs else None)
+            )
+        return out
 
-    t = timings
-    label_tcp = (
-        f"{PROFILE}, UM mode TCP: 6 TCP listeners (umprobe: one check; sipsak: once per port, in turn)"
+    result.rows += rows(
+        f"{PROFILE}, UM mode TCP: 6 TCP listeners (umprobe: one check; sipsak: once per port, in turn)",
+        "profile_tcp_umprobe",
+        "profile_tcp_sipsak",
     )
-    result.rows += [
-        Row(
-            label_tcp,
-            "wall time",
-            "ms",
-            ms(t["profile_tcp_umprobe"].wall),
-            ms(t["profile_tcp_sipsak"].wall),
-            peer,
-        ),
-        Row(
-            label_tcp,
-            "CPU (user+system)",
-            "ms",
-            ms(t["profile_tcp_umprobe"].cpu),
-            ms(t["profile_tcp_sipsak"].cpu),
-            peer,
-        ),
-    ]
-    label_tls = f"{PROFILE}, UM mode TLS: 6 mutual-TLS listeners (no peer: sipsak has no mutual TLS)"
-    result.rows += [
-        Row(label_tls, "wall time", "ms", ms(t["profile_tls_umprobe"].wall)),
-        Row(label_tls, "CPU (user+system)", "ms", ms(t["profile_tls_umprobe"].cpu)),
-    ]
-    label_one = "one listener, 5060/tcp (mostly process start-up)"
-    result.rows += [
-        Row(label_one, "wall time", "ms", ms(t["one_umprobe"].wall), ms(t["one_sipsak"].wall), peer),
-        Row(label_one, "CPU (user+system)", "ms", ms(t["one_umprobe"].cpu), ms(t["one_sipsak"].cpu), peer),
-    ]
+    result.rows += rows(
+        f"{PROFILE}, UM mode TLS: 6 mutual-TLS listeners (no peer: sipsak has no mutual TLS)",
+        "profile_tls_umprobe",
+    )
+    result.rows += rows("one listener, 5060/tcp (mostly process start-up)", "one_umprobe", "one_sipsak")
     result.environment.update(
         {
             "lab": f"Kamailio 5.6 on the profile's real ports of loopback addresses {tcp_addr} (TCP) and "

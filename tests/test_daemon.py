@@ -12,122 +12,34 @@ import io
 import json
 import logging
 import os
-import queue
 import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
-from functools import partial
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import trio
-from OpenSSL import SSL
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.daemon_helpers import (
+    WAIT,
+    UmprobeProcess,
+    echo_peer,
+    mtls_module,
+    sip_responders,
+    starter,
+    write_config,
+)
 from tests.test_metrics import promtool_check
 from umprobe.config import load_config
 from umprobe.daemon import Daemon
 from umprobe.devcerts import DevCA
 from umprobe.logs import JsonFormatter, LogfmtFormatter, ProbeStateLog, configure_logging, log_event
 from umprobe.net.tls import TLSClientConfig, make_server_context
-from umprobe.peer.echo_peer import PeerConfig, serve_echo_peer
-from umprobe.peer.sip_responder import serve_sip_responder
+from umprobe.peer.echo_peer import PeerConfig
 from umprobe.probes.sip_options import TLSContextCache
 from umprobe.scheduler import Scheduler
 from umprobe.store import ResultStore
-
-# `umprobe.cli.main`, the real entry point (one-line errors, exit codes).
-RUNNER = "import sys\nfrom umprobe.cli import main\nmain(sys.argv[1:])\n"
-
-WAIT = 15.0  # upper bound of any single wait for the daemon, in seconds
-
-
-# -- peers ---------------------------------------------------------------------------------------------
-
-
-class BackgroundService:
-    """A trio service (`serve(task_status=...)` style) in its own trio loop on a background thread.
-
-    `start()` returns what the service passed to `task_status.started()`; `stop()` cancels it and checks the
-    thread did not die early. The daemon under test is a subprocess, so its peers need a loop of their own.
-    """
-
-    def __init__(self, name: str, serve: Callable[..., Awaitable[object]]) -> None:
-        self.name = name
-        self._serve = serve
-        self._thread: threading.Thread | None = None
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._stop: trio.Event | None = None
-        self._error: BaseException | None = None
-
-    def start(self) -> Any:
-        ready: queue.Queue[Any] = queue.Queue()
-
-        async def main() -> None:
-            self._token = trio.lowlevel.current_trio_token()
-            self._stop = trio.Event()
-            async with trio.open_nursery() as nursery:
-                ready.put(await nursery.start(self._serve))
-                await self._stop.wait()
-                nursery.cancel_scope.cancel()
-
-        def thread_main() -> None:
-            try:
-                trio.run(main)
-            except BaseException as exc:  # pragma: no cover - reported to start() or stop()
-                self._error = exc
-                ready.put(exc)
-
-        self._thread = threading.Thread(target=thread_main, name=self.name, daemon=True)
-        self._thread.start()
-        got = ready.get(timeout=10)
-        if isinstance(got, BaseException):
-            raise got
-        return got
-
-    def stop(self) -> None:
-        if self._thread is None:
-            return
-        if not self._thread.is_alive():
-            raise AssertionError(f"the {self._thread.name} thread ended early: {self._error!r}")
-        if self._token is not None and self._stop is not None:
-            trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
-        self._thread.join(timeout=10)
-        assert not self._thread.is_alive()
-
-
-def sip_responders(count: int, *, tls_context: SSL.Context | None = None) -> BackgroundService:
-    """umprobe's SIP OPTIONS responder on `count` loopback ports; `start()` returns the ports."""
-
-    async def serve(task_status: trio.TaskStatus[list[int]]) -> None:
-        listeners: list[trio.SocketListener] = []
-        for _ in range(count):
-            listeners += await trio.open_tcp_listeners(0, host="127.0.0.1")
-        async with trio.open_nursery() as nursery:
-            await nursery.start(partial(serve_sip_responder, listeners, tls_context=tls_context))
-            task_status.started([listener.socket.getsockname()[1] for listener in listeners])
-            await trio.sleep_forever()
-
-    return BackgroundService("sip-responders", serve)
-
-
-def echo_peer(config: PeerConfig) -> BackgroundService:
-    """umprobe's echo peer, as `umprobe peer` runs it; `start()` returns its control port."""
-
-    async def serve(task_status: trio.TaskStatus[int]) -> None:
-        async with trio.open_nursery() as nursery:
-            running = await nursery.start(partial(serve_echo_peer, config))
-            task_status.started(running.control[0][1])
-            await trio.sleep_forever()
-
-    return BackgroundService("echo-peer", serve)
 
 
 @pytest.fixture
@@ -139,159 +51,9 @@ def responders() -> Iterator[list[int]]:
         peers.stop()
 
 
-class JsonLogRecords:
-    """The JSON log lines a daemon subprocess wrote, for classes that collect them into `self.lines` under
-    `self._cond` (a reader thread appends and notifies) and have `proc` and `log()`."""
-
-    lines: list[str]
-    _cond: threading.Condition
-    proc: subprocess.Popen[str]
-
-    def log(self) -> str:
-        with self._cond:
-            return "\n".join(self.lines)
-
-    def records(self) -> list[dict[str, Any]]:
-        """The JSON log records so far (lines that are not JSON are skipped)."""
-        out = []
-        with self._cond:
-            lines = list(self.lines)
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                out.append(record)
-        return out
-
-    def wait_for_record(
-        self, match: Callable[[dict[str, Any]], bool], timeout: float = WAIT
-    ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            for record in self.records():
-                if match(record):
-                    return record
-            left = deadline - time.monotonic()
-            if left <= 0 or self.proc.poll() is not None:
-                raise AssertionError(
-                    f"no such log record; rc={self.proc.poll()}; log:\n" + self.log()[-6000:]
-                )
-            with self._cond:
-                self._cond.wait(min(left, 0.2))
-
-
-class UmprobeProcess(JsonLogRecords):
-    """One `umprobe run` subprocess: its log lines (stderr) collected by a reader thread."""
-
-    def __init__(self, args: list[str]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", RUNNER, "run", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, name="umprobe-stderr", daemon=True)
-        self._reader.start()
-        self.base_url = ""
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def wait_running(self) -> str:
-        record = self.wait_for_record(lambda r: r.get("msg") == "umprobe running")
-        self.base_url = "http://" + str(record["listen"]).split()[0]
-        return self.base_url
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(self.base_url + path, timeout=5) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as exc:
-            with exc:
-                return exc.code, exc.read().decode()
-
-    def post(self, path: str) -> tuple[int, str]:
-        request = urllib.request.Request(self.base_url + path, data=b"", method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as exc:
-            with exc:
-                return exc.code, exc.read().decode()
-
-    def metrics(self) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-        """name -> {sorted label items: value}."""
-        status, text = self.get("/metrics")
-        assert status == 200
-        out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
-        return out
-
-    def by_probe(self, name: str) -> dict[str, float]:
-        """{probe label: value} of one per-listener metric."""
-        return {dict(labels)["probe"]: value for labels, value in self.metrics().get(name, {}).items()}
-
-    def scalar(self, name: str) -> float:
-        return self.metrics()[name][()]
-
-    def wait_until(self, what: str, check: Callable[[], bool], timeout: float = WAIT) -> None:
-        deadline = time.monotonic() + timeout
-        while not check():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise AssertionError(
-                    f"timed out waiting for {what}; rc={self.proc.poll()}; log:\n{self.log()}"
-                )
-            time.sleep(0.1)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self._reader.join(timeout=10)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
-
-
 @pytest.fixture
 def start_umprobe() -> Iterator[Callable[..., UmprobeProcess]]:
-    started: list[UmprobeProcess] = []
-
-    def start(*args: str) -> UmprobeProcess:
-        process = UmprobeProcess(list(args))
-        started.append(process)
-        return process
-
-    try:
-        yield start
-    finally:
-        for process in started:
-            process.kill()
-
-
-def write_config(path: Path, ports: list[int], *, extra: str = "") -> Path:
-    """A probes.toml with one plain-TCP probe of 127.0.0.1 per port, every 0.5 s; replaced atomically."""
-    text = '[defaults]\ninterval = 0.5\ntimeout = 0.4\nfamilies = ["ipv4"]\n\n'
-    for port in ports:
-        text += f'[[targets]]\nhost = "127.0.0.1"\nmodule = "sip_tcp"\nport = {port}\n\n'
-    text += extra
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    yield from starter(UmprobeProcess)
 
 
 def name(port: int) -> str:
@@ -406,13 +168,7 @@ def test_reload_reads_replaced_certificate_files(
     peers = sip_responders(1, tls_context=server_ctx)
     (port,) = peers.start()
     try:
-        config = tmp_path / "probes.toml"
-        config.write_text(
-            '[defaults]\ninterval = 0.5\ntimeout = 0.4\nfamilies = ["ipv4"]\n\n'
-            '[modules.mtls]\ntransport = "tls"\nca_file = "ca.crt"\ncert_file = "client.crt"\n'
-            'key_file = "client.key"\n\n'
-            f'[[targets]]\nhost = "127.0.0.1"\nmodule = "mtls"\nport = {port}\n'
-        )
+        config = write_config(tmp_path / "probes.toml", [port], module="mtls", extra=mtls_module("ca.crt"))
         umprobe = start_umprobe("-c", str(config), "--listen", "127.0.0.1:0", "--log-format", "json")
         umprobe.wait_running()
         probe = f"127.0.0.1:{port}/tls"

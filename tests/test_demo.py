@@ -11,9 +11,7 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,13 +21,15 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.daemon_helpers import ChildProcess, starter
 from tests.test_metrics import promtool_check, result, rtp_result
-from umprobe.config import parse_config
+from umprobe.config import Config, parse_config
 from umprobe.daemon import Daemon
 from umprobe.demo import (
     DEMO_LAYOUT,
     DEMO_RTP_INTERVAL,
     DEMO_RTP_RANGE,
+    DemoLab,
     _start_daemon,
     demo_config,
     demo_config_text,
@@ -44,49 +44,29 @@ WAIT = 15.0  # upper bound of any single wait, in seconds
 _URL = re.compile(r"^\s+metrics\s+(http://\S+)/metrics$")
 
 
-class DemoProcess:
-    """One `umprobe demo` subprocess; its stdout lines collected by a reader thread."""
+class DemoProcess(ChildProcess):
+    """One `umprobe demo` subprocess: what it prints is `out` (stdout), `stderr` what it complains about."""
+
+    kill_timeout = WAIT
 
     def __init__(self, args: list[str]) -> None:
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "umprobe.cli", "demo", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self.lines: list[str] = []
-        self.stderr = ""
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, name="demo-stdout", daemon=True)
-        self._reader.start()
+        super().__init__([sys.executable, "-m", "umprobe.cli", "demo", *args])
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def output(self) -> str:
-        with self._cond:
-            return "\n".join(self.lines)
+    @property
+    def stderr(self) -> str:
+        return self.log()
 
     def wait_for_line(self, match: Callable[[str], bool], timeout: float = WAIT) -> str:
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                for line in self.lines:
+                for line in self.out:
                     if match(line):
                         return line
                 left = deadline - time.monotonic()
                 if left <= 0 or self.proc.poll() is not None:
                     raise AssertionError(
-                        f"no such line; rc={self.proc.poll()}; output:\n" + "\n".join(self.lines)
+                        f"no such line; rc={self.proc.poll()}; output:\n" + "\n".join(self.out)
                     )
                 self._cond.wait(min(left, 0.2))
 
@@ -98,35 +78,13 @@ class DemoProcess:
 
     def wait(self, timeout: float) -> int:
         rc = self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=WAIT)
-        assert self.proc.stderr is not None
-        self.stderr = self.proc.stderr.read()
+        self.join_readers(WAIT)
         return rc
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=WAIT)
-        self._reader.join(timeout=WAIT)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
 @pytest.fixture
 def start_demo() -> Iterator[Callable[..., DemoProcess]]:
-    started: list[DemoProcess] = []
-
-    def start(*args: str) -> DemoProcess:
-        process = DemoProcess(list(args))
-        started.append(process)
-        return process
-
-    try:
-        yield start
-    finally:
-        for process in started:
-            process.kill()
+    yield from starter(DemoProcess)
 
 
 def get(url: str) -> tuple[int, bytes]:
@@ -342,12 +300,19 @@ async def test_the_generated_config_probes_every_lab_listener() -> None:
         assert lab.secret_file.stat().st_mode & 0o077 == 0
 
 
-async def test_the_summary_shows_waiting_up_and_down_listeners() -> None:
+async def summary_setup() -> tuple[DemoLab, Config, ResultStore]:
+    """The demo lab (closed again: the summary reads only its layout), its config, and a store of that config
+    whose clock stands at 1000."""
     async with open_demo_lab() as lab:
         config = demo_config(lab)
     store = ResultStore(clock=lambda: 1000.0)
     store.set_probes(config.probes)
     store.set_rtp(config.rtp)
+    return lab, config, store
+
+
+async def test_the_summary_shows_waiting_up_and_down_listeners() -> None:
+    lab, config, store = await summary_setup()
     up, down = config.probes[0], config.probes[1]
     store.record(up, [result(up, address="127.0.0.1")])
     store.record(
@@ -382,11 +347,7 @@ async def test_the_summary_shows_waiting_up_and_down_listeners() -> None:
 
 
 async def test_the_summary_shows_optional_workers_and_the_rtp_peer() -> None:
-    async with open_demo_lab() as lab:
-        config = demo_config(lab)
-    store = ResultStore(clock=lambda: 1000.0)
-    store.set_probes(config.probes)
-    store.set_rtp(config.rtp)
+    lab, config, store = await summary_setup()
     worker = next(p for p in config.probes if not p.required)
     store.record(
         worker,

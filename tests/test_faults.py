@@ -29,12 +29,8 @@ import os
 import resource
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -44,9 +40,21 @@ import h11
 import pytest
 import trio
 import trio.testing
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.test_daemon import RUNNER, BackgroundService, JsonLogRecords, sip_responders
+from tests.daemon_helpers import (
+    WAIT,
+    BackgroundService,
+    Metrics,
+    UmprobeProcess,
+    by_probe,
+    mtls_module,
+    parse_metrics,
+    probes_toml,
+    sip_responders,
+    starter,
+    write_atomically,
+    write_config,
+)
 from tests.test_metrics import rtp_config
 from tests.test_scheduler import FakeProbe, FakeRtp, FakeStore, make_probe
 from umprobe.config import load_config
@@ -60,142 +68,10 @@ from umprobe.probes.sip_options import SipProbeSpec
 from umprobe.probes.sip_options import probe as sip_probe
 from umprobe.scheduler import Scheduler
 
-WAIT = 15.0  # upper bound of any single wait for a daemon, in seconds
-
-
-# -- a `umprobe run` subprocess ----------------------------------------------------------------------------
-
-
-class DaemonProcess(JsonLogRecords):
-    """One `umprobe run` subprocess (optionally behind a `prefix` such as `ip netns exec NS`, and with a
-    `preexec` hook such as a lower RLIMIT_NOFILE); its stderr lines collected by a reader thread."""
-
-    def __init__(
-        self,
-        args: Sequence[str],
-        *,
-        prefix: Sequence[str] = (),
-        preexec: Callable[[], None] | None = None,
-        command: str = "run",
-    ) -> None:
-        self.proc = subprocess.Popen(
-            [*prefix, sys.executable, "-c", RUNNER, command, *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            preexec_fn=preexec,
-        )
-        self.lines: list[str] = []
-        self.out: list[str] = []
-        self._cond = threading.Condition()
-        self._readers = [
-            threading.Thread(target=self._read, args=(self.proc.stderr, self.lines), daemon=True),
-            threading.Thread(target=self._read, args=(self.proc.stdout, self.out), daemon=True),
-        ]
-        for reader in self._readers:
-            reader.start()
-        self.base_url = ""
-
-    def _read(self, stream: Any, into: list[str]) -> None:
-        for line in stream:
-            with self._cond:
-                into.append(line.rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def wait_running(self) -> str:
-        record = self.wait_for_record(lambda r: r.get("msg") == "umprobe running")
-        self.base_url = "http://" + str(record["listen"]).split()[0]
-        return self.base_url
-
-    def request(self, path: str, *, method: str = "GET", timeout: float = 5.0) -> tuple[int, str]:
-        data = b"" if method == "POST" else None
-        request = urllib.request.Request(self.base_url + path, data=data, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as exc:
-            with exc:
-                return exc.code, exc.read().decode()
-
-    def metrics(self) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-        status, text = self.request("/metrics")
-        assert status == 200, text
-        out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
-        return out
-
-    def by_probe(self, name: str, **match: str) -> dict[str, float]:
-        found = {}
-        for labels, value in self.metrics().get(name, {}).items():
-            label = dict(labels)
-            if all(label.get(k) == v for k, v in match.items()):
-                found[label["probe"]] = value
-        return found
-
-    def scalar(self, name: str) -> float:
-        return self.metrics()[name][()]
-
-    def wait_until(self, what: str, check: Callable[[], bool], timeout: float = WAIT) -> None:
-        deadline = time.monotonic() + timeout
-        while not check():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise AssertionError(
-                    f"timed out waiting for {what}; rc={self.proc.poll()}; log:\n{self.log()[-6000:]}"
-                )
-            time.sleep(0.1)
-
-    def threads(self) -> int:
-        return len(os.listdir(f"/proc/{self.proc.pid}/task"))
-
-    def fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        for reader in self._readers:
-            reader.join(timeout=10)
-        for stream in (self.proc.stderr, self.proc.stdout):
-            if stream is not None:
-                stream.close()
-
 
 @pytest.fixture
-def start_daemon() -> Iterator[Callable[..., DaemonProcess]]:
-    started: list[DaemonProcess] = []
-
-    def start(*args: str, **kwargs: Any) -> DaemonProcess:
-        process = DaemonProcess(list(args), **kwargs)
-        started.append(process)
-        return process
-
-    try:
-        yield start
-    finally:
-        for process in started:
-            process.kill()
-
-
-def write_atomically(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
-def tcp_targets(ports: Sequence[int], *, interval: float = 0.5, timeout: float = 0.4, extra: str = "") -> str:
-    """probes.toml text: one plain-TCP probe of 127.0.0.1 per port."""
-    text = f'[defaults]\ninterval = {interval}\ntimeout = {timeout}\nfamilies = ["ipv4"]\n\n{extra}\n'
-    for port in ports:
-        text += f'[[targets]]\nhost = "127.0.0.1"\nmodule = "sip_tcp"\nport = {port}\n\n'
-    return text
+def start_daemon() -> Iterator[Callable[..., UmprobeProcess]]:
+    yield from starter(UmprobeProcess)
 
 
 # -- 5. the metrics port already taken ---------------------------------------------------------------------
@@ -203,10 +79,10 @@ def tcp_targets(ports: Sequence[int], *, interval: float = 0.5, timeout: float =
 
 @pytest.mark.parametrize("why", ["in use", "not on this host"])
 def test_an_address_that_cannot_be_bound_is_one_line_and_exit_4(
-    tmp_path: Path, why: str, start_daemon: Callable[..., DaemonProcess]
+    tmp_path: Path, why: str, start_daemon: Callable[..., UmprobeProcess]
 ) -> None:
     """Exit 4 (not 3, the config's code) so that a unit can restart on one and not on the other."""
-    config = write_atomically(tmp_path / "probes.toml", tcp_targets([5060]))
+    config = write_config(tmp_path / "probes.toml", [5060])
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -239,9 +115,6 @@ def test_run_help_documents_the_exit_codes() -> None:
 # -- in-process daemons: one trio loop holds the peers and the daemon ---------------------------------------
 
 
-Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
-
-
 async def http(address: tuple[str, int], method: str, path: str) -> tuple[int, str]:
     """One HTTP/1.1 request to the daemon's exporter (h11: chunked or not), from the test's trio loop."""
     conn = h11.Connection(h11.CLIENT)
@@ -266,18 +139,10 @@ async def http(address: tuple[str, int], method: str, path: str) -> tuple[int, s
     return status, body.decode()
 
 
-async def scrape(address: tuple[str, int]) -> Samples:
+async def scrape(address: tuple[str, int]) -> Metrics:
     status, text = await http(address, "GET", "/metrics")
     assert status == 200, text
-    out: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
-    return out
-
-
-def per_probe(samples: Samples, name: str) -> dict[str, float]:
-    return {dict(labels)["probe"]: value for labels, value in samples.get(name, {}).items()}
+    return parse_metrics(text)
 
 
 async def wait_for(what: str, check: Callable[[], Any], within: float = WAIT) -> None:
@@ -308,14 +173,7 @@ async def start_tls_responder(
 
 
 def mtls_config(ports: Sequence[int], *, interval: float = 0.5) -> str:
-    text = (
-        f'[defaults]\ninterval = {interval}\ntimeout = 0.4\nfamilies = ["ipv4"]\n\n'
-        '[modules.mtls]\ntransport = "tls"\nca_file = "server-ca.crt"\ncert_file = "client.crt"\n'
-        'key_file = "client.key"\n\n'
-    )
-    for port in ports:
-        text += f'[[targets]]\nhost = "127.0.0.1"\nmodule = "mtls"\nport = {port}\n\n'
-    return text
+    return probes_toml(ports, module="mtls", interval=interval, extra=mtls_module("server-ca.crt"))
 
 
 def tls_name(port: int) -> str:
@@ -371,8 +229,8 @@ async def test_a_broken_reload_keeps_the_running_config_and_a_fixed_file_is_pick
     assert after["umprobe_config_last_reload_successful"][()] == 0
     assert after["umprobe_config_last_reload_success_timestamp_seconds"][()] == loaded_at
     # The old config is in force and keeps running: same probes, results still coming in.
-    assert set(per_probe(after, "umprobe_probe_interval_seconds")) == {tls_name(ports[0])}
-    runs = per_probe(after, "umprobe_probe_runs_total")[tls_name(ports[0])]
+    assert set(by_probe(after, "umprobe_probe_interval_seconds")) == {tls_name(ports[0])}
+    runs = by_probe(after, "umprobe_probe_runs_total")[tls_name(ports[0])]
     await wait_for(
         "the old probe to keep running",
         lambda: runs_of(daemon, tls_name(ports[0])) >= runs + 2,
@@ -387,7 +245,7 @@ async def test_a_broken_reload_keeps_the_running_config_and_a_fixed_file_is_pick
     fixed = await scrape(address)
     assert fixed["umprobe_config_last_reload_successful"][()] == 1
     assert fixed["umprobe_config_last_reload_success_timestamp_seconds"][()] >= loaded_at
-    assert set(per_probe(fixed, "umprobe_probe_interval_seconds")) == {tls_name(p) for p in ports}
+    assert set(by_probe(fixed, "umprobe_probe_interval_seconds")) == {tls_name(p) for p in ports}
     await wait_for("the added probe", lambda: has_result(daemon, tls_name(ports[1]), success=True))
 
 
@@ -656,7 +514,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def test_out_of_file_descriptors_the_daemon_says_so_keeps_serving_and_recovers(
-    tmp_path: Path, start_daemon: Callable[..., DaemonProcess]
+    tmp_path: Path, start_daemon: Callable[..., UmprobeProcess]
 ) -> None:
     """RLIMIT_NOFILE 64 and 100 silent listeners that each hold a socket for 0.8 s of every second: about a
     third of the runs find no descriptor. They fail as local_resource_error (not as the target's fault),
@@ -666,14 +524,12 @@ def test_out_of_file_descriptors_the_daemon_says_so_keeps_serving_and_recovers(
     healthy_ports, silent_ports = healthy.start(), silent.start()
     silent_running = True
     try:
-        config = write_atomically(
+        config = write_config(
             tmp_path / "probes.toml",
-            tcp_targets(
-                [*healthy_ports, *silent_ports],
-                interval=1.0,
-                timeout=0.8,
-                extra="[scheduler]\nmax_concurrency = 500\n",
-            ),
+            [*healthy_ports, *silent_ports],
+            interval=1.0,
+            timeout=0.8,
+            extra="[scheduler]\nmax_concurrency = 500\n",
         )
         daemon = start_daemon(
             "-c", str(config), "--listen", "127.0.0.1:0", "--log-format", "json", preexec=low_fd_limit(64)
@@ -742,7 +598,7 @@ def test_out_of_file_descriptors_check_is_unknown_and_says_why(tmp_path: Path) -
     silent = silent_listeners(100)
     ports = silent.start()
     try:
-        check = DaemonProcess(
+        check = UmprobeProcess(
             ["--timeout", "1", *(f"127.0.0.1:{port}" for port in ports)],
             preexec=low_fd_limit(32),
             command="check",

@@ -28,7 +28,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -41,6 +40,7 @@ import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.daemon_helpers import UmprobeProcess
 from tests.lab.netns import NetNamespace
 from tests.peer.helpers import (
     LOCAL,
@@ -271,6 +271,26 @@ def its_group(path: Path) -> str:
     return f"its group (gid {path.stat().st_gid})"
 
 
+def key_and_secret_config(directory: Path, pki: Pki) -> Path:
+    """probes.toml in `directory` naming the private files next to it: client.key (a module's key_file)
+    and peer.secret (an [[rtp]] peer's secret_file)."""
+    path = directory / "probes.toml"
+    path.write_text(
+        f"""
+[modules.mtls]
+transport = "tls"
+ca_file = "{pki.ca}"
+cert_file = "{pki.client[0]}"
+key_file = "client.key"
+
+[[rtp]]
+peer = "mbx01.contoso.local:7900"
+secret_file = "peer.secret"
+"""
+    )
+    return path
+
+
 @pytest.mark.parametrize(
     ("mode", "foreign", "own_gid", "readers"),
     [
@@ -315,20 +335,7 @@ async def test_check_warns_about_a_key_others_may_read(pki: Pki, tmp_path: Path)
 def test_config_check_warns_about_key_and_secret_files(pki: Pki, tmp_path: Path) -> None:
     key = private_file(tmp_path / "client.key", pki.client[1].read_bytes(), 0o644)
     secret = private_file(tmp_path / "peer.secret", SECRET + b"\n", 0o640)
-    path = tmp_path / "probes.toml"
-    path.write_text(
-        f"""
-[modules.mtls]
-transport = "tls"
-ca_file = "{pki.ca}"
-cert_file = "{pki.client[0]}"
-key_file = "client.key"
-
-[[rtp]]
-peer = "mbx01.contoso.local:7900"
-secret_file = "peer.secret"
-"""
-    )
+    path = key_and_secret_config(tmp_path, pki)
     found = config_exposures(load_config(path))
     assert [(e.what, Path(e.path), e.mode_text) for e in found] == [
         ("modules.mtls.key_file", key, "0644"),
@@ -352,20 +359,7 @@ def test_the_daemon_logs_private_files_others_may_read(
     group read bit for the group it runs as is how a service is handed a root-owned key, not a warning."""
     key = private_file(tmp_path / "client.key", pki.client[1].read_bytes(), 0o640)  # our own group
     secret = private_file(tmp_path / "peer.secret", SECRET + b"\n", 0o640, foreign_group=True)
-    path = tmp_path / "probes.toml"
-    path.write_text(
-        f"""
-[modules.mtls]
-transport = "tls"
-ca_file = "{pki.ca}"
-cert_file = "{pki.client[0]}"
-key_file = "client.key"
-
-[[rtp]]
-peer = "mbx01.contoso.local:7900"
-secret_file = "peer.secret"
-"""
-    )
+    path = key_and_secret_config(tmp_path, pki)
     logger = logging.getLogger("umprobe.test_security")
     with caplog.at_level(logging.WARNING, logger=logger.name):
         found = log_exposed(load_config(path), logger, own_gid=os.getegid())
@@ -734,30 +728,19 @@ def test_the_daemon_binds_where_documented(tmp_path: Path, listen: str | None) -
     with NetNamespace() as ns:
         assert ns.address is not None
         inside = ns.exec_argv([])
-        proc = subprocess.Popen(
-            ns.exec_argv([*CLI, "run", "-c", str(config), "--log-format", "json"]),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        daemon = UmprobeProcess(["-c", str(config), "--log-format", "json"], prefix=inside)
         try:
-            assert proc.stderr is not None
-            deadline = time.monotonic() + WAIT
-            line = b""
-            while b'"umprobe running"' not in line:
-                assert time.monotonic() < deadline and proc.poll() is None, line
-                line = proc.stderr.readline()
-            record = json.loads(line)
+            record = daemon.wait_for_record(lambda r: r.get("msg") == "umprobe running", timeout=WAIT)
             assert record["listen"] == ("0.0.0.0:9874" if listen else "127.0.0.1:9874")
             assert _connects(inside, "127.0.0.1", 9874)
             assert _connects(inside, ns.address.ns_ip, 9874) is bool(listen)  # from the namespace's network
             assert _connects([], ns.address.ns_ip, 9874) is bool(listen)  # from the host, over the veth
         finally:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=WAIT)
-            if proc.stderr is not None:
-                proc.stderr.close()
-        assert proc.returncode == 0
+            if daemon.proc.poll() is None:
+                os.kill(daemon.proc.pid, signal.SIGTERM)
+            daemon.proc.wait(timeout=WAIT)
+            daemon.kill()
+        assert daemon.proc.returncode == 0, daemon.log()
 
 
 # ---------------------------------------------------------------------------------------------------------

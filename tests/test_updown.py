@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_daemon import UmprobeProcess, sip_responders
+from tests.daemon_helpers import UmprobeProcess, sip_responders, starter, write_config
 from tests.test_metrics import collect, probe_config, promtool_check, result
 from umprobe.config import ConfigError, ProbeConfig, parse_config
 from umprobe.exporter import _render_status
@@ -24,18 +24,7 @@ from umprobe.updown import PRESETS, Thresholds, UpDown
 
 @pytest.fixture
 def start_umprobe() -> Iterator[Callable[..., UmprobeProcess]]:
-    started: list[UmprobeProcess] = []
-
-    def start(*args: str) -> UmprobeProcess:
-        process = UmprobeProcess(list(args))
-        started.append(process)
-        return process
-
-    try:
-        yield start
-    finally:
-        for process in started:
-            process.kill()
+    yield from starter(UmprobeProcess)
 
 
 def run(machine: UpDown, pattern: str) -> list[str | None]:
@@ -188,6 +177,14 @@ def thresholded(probe: ProbeConfig, down: int, up: int) -> ProbeConfig:
     return replace(probe, thresholds=Thresholds(down, up))
 
 
+def thresholded_store(down: int, up: int) -> tuple[ProbeConfig, ResultStore]:
+    """The default test probe with thresholds `down`/`up`, and a store that knows it."""
+    probe = thresholded(probe_config(), down, up)
+    store = ResultStore()
+    store.set_probes([probe])
+    return probe, store
+
+
 def ok(probe: ProbeConfig) -> list:  # type: ignore[type-arg]
     return [result(probe)]
 
@@ -197,9 +194,7 @@ def failed(probe: ProbeConfig) -> list:  # type: ignore[type-arg]
 
 
 def test_store_and_metrics_follow_the_thresholds() -> None:
-    probe = thresholded(probe_config(), 3, 2)
-    store = ResultStore()
-    store.set_probes([probe])
+    probe, store = thresholded_store(3, 2)
     page, raw = collect(store)
     assert page.get("umprobe_listener_up") == []
     # the pinned address-less key has its transition counters at 0 from the start
@@ -249,9 +244,7 @@ def test_store_and_metrics_follow_the_thresholds() -> None:
 
 
 def test_threshold_changes_are_logged_once(caplog: pytest.LogCaptureFixture) -> None:
-    probe = thresholded(probe_config(), 2, 1)
-    store = ResultStore()
-    store.set_probes([probe])
+    probe, store = thresholded_store(2, 1)
     log = ProbeStateLog()
     caplog.set_level(logging.INFO, logger="umprobe")
 
@@ -272,9 +265,7 @@ def test_threshold_changes_are_logged_once(caplog: pytest.LogCaptureFixture) -> 
 
 
 def test_thresholds_of_one_log_nothing_more_than_the_state_lines(caplog: pytest.LogCaptureFixture) -> None:
-    probe = thresholded(probe_config(), 1, 1)
-    store = ResultStore()
-    store.set_probes([probe])
+    probe, store = thresholded_store(1, 1)
     log = ProbeStateLog()
     caplog.set_level(logging.INFO, logger="umprobe")
     changes = []
@@ -321,12 +312,12 @@ def test_daemon_up_gauge_flips_only_after_n_failures(
     (live,) = peers.start()
     stopped = False
     dead = closed_port[1]
-    config = tmp_path / "probes.toml"
-    config.write_text(
-        '[defaults]\ninterval = 0.3\ntimeout = 0.25\nfamilies = ["ipv4"]\n'
-        "failures_before_down = 3\nsuccesses_before_up = 2\n\n"
-        f'[[targets]]\nhost = "127.0.0.1"\nmodule = "sip_tcp"\nport = {live}\n\n'
-        f'[[targets]]\nhost = "127.0.0.1"\nmodule = "sip_tcp"\nport = {dead}\n'
+    config = write_config(
+        tmp_path / "probes.toml",
+        [live, dead],
+        interval=0.3,
+        timeout=0.25,
+        defaults="failures_before_down = 3\nsuccesses_before_up = 2\n",
     )
     try:
         umprobe = start_umprobe("-c", str(config), "--listen", "127.0.0.1:0", "--log-format", "json")

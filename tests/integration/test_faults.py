@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.daemon_helpers import WAIT, UmprobeProcess, probes_toml, target_toml
 from tests.lab.netns import NetNamespace, sweep_stale_namespaces
 from tests.lab.proc import LabError, LabProcess
-from tests.test_faults import WAIT, DaemonProcess
 
 pytestmark = pytest.mark.lab
 
@@ -146,11 +146,9 @@ def test_a_name_whose_dns_goes_silent_fails_at_the_deadline_and_holds_one_thread
         ready=[(ns_ip, 53), *((ns_ip, port) for port in SIP_PORTS)],
     )
     config = tmp_path / "probes.toml"
-    text = f'[defaults]\ninterval = {INTERVAL}\ntimeout = {TIMEOUT}\nfamilies = ["ipv4"]\n\n'
-    for port in SIP_PORTS:
-        text += f'[[targets]]\nhost = "{NAME}"\nmodule = "sip_tcp"\nport = {port}\n\n'
-    text += f'[[targets]]\nhost = "127.0.0.1"\nmodule = "sip_tcp"\nport = {SIP_PORTS[0]}\n'
-    config.write_text(text)
+    config.write_text(
+        probes_toml(SIP_PORTS, host=NAME, interval=INTERVAL, timeout=TIMEOUT) + target_toml(SIP_PORTS[0])
+    )
     by_name = {f"{NAME}:{port}/tcp" for port in SIP_PORTS}
     literal = f"127.0.0.1:{SIP_PORTS[0]}/tcp"
 
@@ -160,7 +158,7 @@ def test_a_name_whose_dns_goes_silent_fails_at_the_deadline_and_holds_one_thread
         except LabError as exc:
             pytest.fail(str(exc), pytrace=False)
         stack.callback(peer.stop)
-        daemon = DaemonProcess(
+        daemon = UmprobeProcess(
             ["-c", str(config), "--listen", f"{ns_ip}:9874", "--log-format", "json"],
             prefix=dns_netns.exec_argv([]),
         )

@@ -137,59 +137,145 @@ def assert_failed(outcome: Outcome, reason: str, phase: str, *fragments: str) ->
         assert fragment in result.detail, result.detail
 
 
+async def fails_at_the_deadline(
+    spec: SipProbeSpec,
+    reason: str,
+    phase: str,
+    *fragments: str,
+    peer: HostilePeer | None = None,
+    budget: float = WAIT,
+) -> ProbeResult:
+    """A case that must wait: with a short deadline (`budget`), the probe fails with `reason` in `phase`,
+    its detail naming each of `fragments`, and ends at the deadline (not before, within SLACK after)."""
+    outcome = await run_probe(spec, budget, peer)
+    assert_failed(outcome, reason, phase, *fragments)
+    outcome.assert_waited()
+    return outcome.result
+
+
+async def fails_at_once(
+    spec: SipProbeSpec, reason: str, phase: str, *fragments: str, peer: HostilePeer | None = None
+) -> ProbeResult:
+    """A case that must not wait: with a long deadline (NO_WAIT), the probe fails with `reason` in `phase`,
+    its detail naming each of `fragments`, and ends at least 2 s before the deadline."""
+    outcome = await run_probe(spec, NO_WAIT, peer)
+    assert_failed(outcome, reason, phase, *fragments)
+    outcome.assert_quick()
+    return outcome.result
+
+
+# -- one probe of one misbehaviour -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Misbehaviour:
+    """A listener of the hostile peer, and how every probe of it must fail."""
+
+    listener: str
+    transport: str  # how it is probed: "tcp" or "tls"
+    reason: str
+    phase: str
+    fragments: tuple[str, ...] = ()  # what the detail must say
+    waits: float | None = None  # the short deadline it must run into; None: it must end at once
+
+
+MISBEHAVIOURS = {
+    # silence
+    "100_trying_then_silence_over_tls": Misbehaviour(
+        "tls+trying", "tls", "sip_timeout", "sip", ("1 provisional response",), waits=WAIT
+    ),
+    # TLS failures
+    "tls_alert_is_handshake_failed_at_once": Misbehaviour(
+        "tls_alert", "tls", "tls_handshake_failed", "tls", ("alert internal_error",)
+    ),
+    # A TLS server takes our OPTIONS for a broken ClientHello and hangs up without a word.
+    "tls_server_on_a_plain_port": Misbehaviour(
+        "tls_ok", "tcp", "connection_closed", "sip", ("without answering",)
+    ),
+    # A plain SIP server takes our ClientHello for the start of a request and waits for the rest.
+    "plain_server_on_a_tls_port_that_waits_is_handshake_timeout": Misbehaviour(
+        "ok", "tls", "tls_handshake_timeout", "tls", ("plain-TCP SIP port",), waits=WAIT
+    ),
+    # connections that die
+    "rst_after_the_request_is_connection_closed": Misbehaviour(
+        "rst", "tcp", "connection_closed", "sip", ("ECONNRESET",)
+    ),
+    "rst_after_the_request_over_tls": Misbehaviour("tls+rst", "tls", "connection_closed", "sip"),
+    "close_after_half_a_response_over_tls": Misbehaviour("tls+half_close", "tls", "connection_closed", "sip"),
+    # framing and bytes
+    "one_byte_per_second_ends_at_the_deadline": Misbehaviour(
+        "slowloris", "tcp", "sip_timeout", "sip", ("bytes of an incomplete message",), waits=WAIT + 1.0
+    ),
+    "endless_headers_stop_at_the_cap": Misbehaviour(
+        "endless_headers", "tcp", "sip_protocol_error", "sip", ("header_too_large", "65536")
+    ),
+    # RFC 3261 §18.3: on a stream the rest of the body may still come, so this is a wait, not an error.
+    "content_length_beyond_the_body_waits_for_the_rest": Misbehaviour(
+        "short_body", "tcp", "sip_timeout", "sip", ("bytes of an incomplete message",), waits=WAIT
+    ),
+    "content_length_beyond_the_body_then_close": Misbehaviour(
+        "short_body_close", "tcp", "connection_closed", "sip", ("in the middle of a message",)
+    ),
+    "two_content_lengths_are_a_protocol_error": Misbehaviour(
+        "two_lengths", "tcp", "sip_protocol_error", "sip", ("bad_content_length",)
+    ),
+    "binary_garbage_is_a_protocol_error": Misbehaviour(
+        "garbage", "tcp", "sip_protocol_error", "sip", ("bad_start_line",)
+    ),
+    "binary_garbage_over_tls": Misbehaviour(
+        "tls+garbage", "tls", "sip_protocol_error", "sip", ("bad_start_line",)
+    ),
+    "http_server_on_the_port_hostile": Misbehaviour(
+        "http", "tcp", "sip_protocol_error", "sip", ("HTTP server",)
+    ),
+}
+
+
+@pytest.mark.parametrize("case", MISBEHAVIOURS.values(), ids=MISBEHAVIOURS.keys())
+async def test_misbehaviour(hostile: HostilePeer, lab_pki: LabPKI, case: Misbehaviour) -> None:
+    address = hostile.address(case.listener)
+    spec = tls(address, lab_pki) if case.transport == "tls" else tcp(address)
+    if case.waits is None:
+        await fails_at_once(spec, case.reason, case.phase, *case.fragments, peer=hostile)
+    else:
+        await fails_at_the_deadline(
+            spec, case.reason, case.phase, *case.fragments, peer=hostile, budget=case.waits
+        )
+
+
 # -- silence --------------------------------------------------------------------------------------------
 
 
 async def test_accept_then_silence_is_sip_timeout_at_the_deadline(sipp_servers: SippServers) -> None:
-    outcome = await run_probe(tcp(sipp_servers["silent"]), WAIT)  # SIPp: reads our OPTIONS, never answers
-    assert_failed(outcome, "sip_timeout", "sip", "no answer within the deadline")
-    outcome.assert_waited()
-    assert not outcome.result.alive
+    # SIPp: reads our OPTIONS, never answers
+    result = await fails_at_the_deadline(
+        tcp(sipp_servers["silent"]), "sip_timeout", "sip", "no answer within the deadline"
+    )
+    assert not result.alive
 
 
 async def test_accept_then_silence_hostile(hostile: HostilePeer) -> None:
-    outcome = await run_probe(tcp(hostile.address("silent")), WAIT, hostile)
-    assert_failed(outcome, "sip_timeout", "sip")
-    outcome.assert_waited()
+    await fails_at_the_deadline(tcp(hostile.address("silent")), "sip_timeout", "sip", peer=hostile)
     assert hostile.stats("silent")["accepted"] >= 1
 
 
 async def test_silence_mid_tls_handshake_is_handshake_timeout(hostile: HostilePeer, lab_pki: LabPKI) -> None:
     # Half of a real ServerHello flight, then nothing: the handshake has started and never finishes.
-    outcome = await run_probe(tls(hostile.address("tls_stall"), lab_pki), WAIT, hostile)
-    assert_failed(outcome, "tls_handshake_timeout", "tls", "during tls")
-    outcome.assert_waited()
-    assert outcome.result.timings.tls is not None and outcome.result.timings.tls >= WAIT - 0.1
+    result = await fails_at_the_deadline(
+        tls(hostile.address("tls_stall"), lab_pki), "tls_handshake_timeout", "tls", "during tls", peer=hostile
+    )
+    assert result.timings.tls is not None and result.timings.tls >= WAIT - 0.1
 
 
 async def test_100_trying_then_silence_is_sip_timeout_naming_the_provisional(hostile: HostilePeer) -> None:
-    outcome = await run_probe(tcp(hostile.address("trying")), WAIT, hostile)
-    assert_failed(outcome, "sip_timeout", "sip", "1 provisional response")
-    outcome.assert_waited()
-    assert outcome.result.provisional_responses == 1
-    assert not outcome.result.alive  # a 1xx is not a final response
-
-
-async def test_100_trying_then_silence_over_tls(hostile: HostilePeer, lab_pki: LabPKI) -> None:
-    outcome = await run_probe(tls(hostile.address("tls+trying"), lab_pki), WAIT, hostile)
-    assert_failed(outcome, "sip_timeout", "sip", "1 provisional response")
-    outcome.assert_waited()
+    result = await fails_at_the_deadline(
+        tcp(hostile.address("trying")), "sip_timeout", "sip", "1 provisional response", peer=hostile
+    )
+    assert result.provisional_responses == 1
+    assert not result.alive  # a 1xx is not a final response
 
 
 # -- TLS failures -----------------------------------------------------------------------------------------
-
-
-async def test_tls_alert_is_handshake_failed_at_once(hostile: HostilePeer, lab_pki: LabPKI) -> None:
-    outcome = await run_probe(tls(hostile.address("tls_alert"), lab_pki), NO_WAIT, hostile)
-    assert_failed(outcome, "tls_handshake_failed", "tls", "alert internal_error")
-    outcome.assert_quick()
-
-
-async def test_tls_server_on_a_plain_port_hostile(hostile: HostilePeer) -> None:
-    # A TLS server takes our OPTIONS for a broken ClientHello and hangs up without a word.
-    outcome = await run_probe(tcp(hostile.address("tls_ok")), NO_WAIT, hostile)
-    assert_failed(outcome, "connection_closed", "sip", "without answering")
-    outcome.assert_quick()
 
 
 async def test_tls_server_on_a_plain_port_socat(socat_mtls_sipp: tuple[str, int]) -> None:
@@ -203,62 +289,35 @@ async def test_tls_server_on_a_plain_port_socat(socat_mtls_sipp: tuple[str, int]
 
 
 async def test_tls_server_on_a_plain_port_kamailio(kamailio_lab) -> None:  # type: ignore[no-untyped-def]
-    outcome = await run_probe(tcp(kamailio_lab["mtls4"]), NO_WAIT)
-    assert_failed(outcome, "connection_closed", "sip", "without answering")
-    outcome.assert_quick()
-
-
-async def test_plain_server_on_a_tls_port_that_waits_is_handshake_timeout(
-    hostile: HostilePeer, lab_pki: LabPKI
-) -> None:
-    # A plain SIP server takes our ClientHello for the start of a request and waits for the rest.
-    outcome = await run_probe(tls(hostile.address("ok"), lab_pki), WAIT, hostile)
-    assert_failed(outcome, "tls_handshake_timeout", "tls", "plain-TCP SIP port")
-    outcome.assert_waited()
+    await fails_at_once(tcp(kamailio_lab["mtls4"]), "connection_closed", "sip", "without answering")
 
 
 async def test_plain_server_on_a_tls_port_kamailio(kamailio_lab, lab_pki: LabPKI) -> None:  # type: ignore[no-untyped-def]
-    outcome = await run_probe(tls(kamailio_lab["tcp4"], lab_pki), WAIT)
-    assert_failed(outcome, "tls_handshake_timeout", "tls")
-    outcome.assert_waited()
+    await fails_at_the_deadline(tls(kamailio_lab["tcp4"], lab_pki), "tls_handshake_timeout", "tls")
 
 
 async def test_plain_server_on_a_tls_port_that_answers_is_handshake_failed(
     http_server: tuple[str, int], lab_pki: LabPKI
 ) -> None:
     # blackbox_exporter's Go HTTP server answers a ClientHello with "HTTP/1.1 400 Bad Request".
-    outcome = await run_probe(tls(http_server, lab_pki), NO_WAIT)
-    assert_failed(outcome, "tls_handshake_failed", "tls", "does not speak TLS", "HTTP/1.1 400")
-    outcome.assert_quick()
+    await fails_at_once(
+        tls(http_server, lab_pki), "tls_handshake_failed", "tls", "does not speak TLS", "HTTP/1.1 400"
+    )
 
 
 # -- connections that die ---------------------------------------------------------------------------------
 
 
-async def test_rst_after_the_request_is_connection_closed(hostile: HostilePeer) -> None:
-    outcome = await run_probe(tcp(hostile.address("rst")), NO_WAIT, hostile)
-    assert_failed(outcome, "connection_closed", "sip", "ECONNRESET")
-    outcome.assert_quick()
-
-
-async def test_rst_after_the_request_over_tls(hostile: HostilePeer, lab_pki: LabPKI) -> None:
-    outcome = await run_probe(tls(hostile.address("tls+rst"), lab_pki), NO_WAIT, hostile)
-    assert_failed(outcome, "connection_closed", "sip")
-    outcome.assert_quick()
-
-
 async def test_close_after_half_a_response_is_connection_closed(hostile: HostilePeer) -> None:
     # What arrived was good SIP so far: the failure is the close, not the syntax.
-    outcome = await run_probe(tcp(hostile.address("half_close")), NO_WAIT, hostile)
-    assert_failed(outcome, "connection_closed", "sip", "in the middle of a message")
-    outcome.assert_quick()
-    assert not outcome.result.alive
-
-
-async def test_close_after_half_a_response_over_tls(hostile: HostilePeer, lab_pki: LabPKI) -> None:
-    outcome = await run_probe(tls(hostile.address("tls+half_close"), lab_pki), NO_WAIT, hostile)
-    assert_failed(outcome, "connection_closed", "sip")
-    outcome.assert_quick()
+    result = await fails_at_once(
+        tcp(hostile.address("half_close")),
+        "connection_closed",
+        "sip",
+        "in the middle of a message",
+        peer=hostile,
+    )
+    assert not result.alive
 
 
 async def test_rtp_control_channel_reset_is_a_result(hostile: HostilePeer) -> None:
@@ -281,59 +340,8 @@ async def test_rtp_control_channel_reset_is_a_result(hostile: HostilePeer) -> No
 # -- framing and bytes ------------------------------------------------------------------------------------
 
 
-async def test_one_byte_per_second_ends_at_the_deadline(hostile: HostilePeer) -> None:
-    outcome = await run_probe(tcp(hostile.address("slowloris")), WAIT + 1.0, hostile)
-    assert_failed(outcome, "sip_timeout", "sip", "bytes of an incomplete message")
-    outcome.assert_waited()
-
-
-async def test_endless_headers_stop_at_the_cap(hostile: HostilePeer) -> None:
-    outcome = await run_probe(tcp(hostile.address("endless_headers")), NO_WAIT, hostile)
-    assert_failed(outcome, "sip_protocol_error", "sip", "header_too_large", "65536")
-    outcome.assert_quick()
-
-
-async def test_content_length_beyond_the_body_waits_for_the_rest(hostile: HostilePeer) -> None:
-    # RFC 3261 §18.3: on a stream the rest of the body may still come, so this is a wait, not an error.
-    outcome = await run_probe(tcp(hostile.address("short_body")), WAIT, hostile)
-    assert_failed(outcome, "sip_timeout", "sip", "bytes of an incomplete message")
-    outcome.assert_waited()
-
-
-async def test_content_length_beyond_the_body_then_close(hostile: HostilePeer) -> None:
-    outcome = await run_probe(tcp(hostile.address("short_body_close")), NO_WAIT, hostile)
-    assert_failed(outcome, "connection_closed", "sip", "in the middle of a message")
-    outcome.assert_quick()
-
-
-async def test_two_content_lengths_are_a_protocol_error(hostile: HostilePeer) -> None:
-    outcome = await run_probe(tcp(hostile.address("two_lengths")), NO_WAIT, hostile)
-    assert_failed(outcome, "sip_protocol_error", "sip", "bad_content_length")
-    outcome.assert_quick()
-
-
-async def test_binary_garbage_is_a_protocol_error(hostile: HostilePeer) -> None:
-    outcome = await run_probe(tcp(hostile.address("garbage")), NO_WAIT, hostile)
-    assert_failed(outcome, "sip_protocol_error", "sip", "bad_start_line")
-    outcome.assert_quick()
-
-
-async def test_binary_garbage_over_tls(hostile: HostilePeer, lab_pki: LabPKI) -> None:
-    outcome = await run_probe(tls(hostile.address("tls+garbage"), lab_pki), NO_WAIT, hostile)
-    assert_failed(outcome, "sip_protocol_error", "sip", "bad_start_line")
-    outcome.assert_quick()
-
-
-async def test_http_server_on_the_port_hostile(hostile: HostilePeer) -> None:
-    outcome = await run_probe(tcp(hostile.address("http")), NO_WAIT, hostile)
-    assert_failed(outcome, "sip_protocol_error", "sip", "HTTP server")
-    outcome.assert_quick()
-
-
 async def test_http_server_on_the_port_blackbox_exporter(http_server: tuple[str, int]) -> None:
-    outcome = await run_probe(tcp(http_server), NO_WAIT)
-    assert_failed(outcome, "sip_protocol_error", "sip", "HTTP server")
-    outcome.assert_quick()
+    await fails_at_once(tcp(http_server), "sip_protocol_error", "sip", "HTTP server")
 
 
 # -- responses that are not ours --------------------------------------------------------------------------
@@ -353,10 +361,10 @@ async def test_a_200_not_ours_then_ours_succeeds_on_ours(hostile: HostilePeer, m
 @pytest.mark.parametrize("mode", ["wrong_callid", "wrong_branch"])
 async def test_a_200_not_ours_alone_is_a_timeout_naming_it(hostile: HostilePeer, mode: str) -> None:
     hostile.queue("switch", f"{mode}_only")
-    outcome = await run_probe(tcp(hostile.address("switch")), WAIT, hostile)
-    assert_failed(outcome, "sip_timeout", "sip", "did not match our request")
-    assert outcome.result.mismatched_responses == 1
-    outcome.assert_waited()
+    result = await fails_at_the_deadline(
+        tcp(hostile.address("switch")), "sip_timeout", "sip", "did not match our request", peer=hostile
+    )
+    assert result.mismatched_responses == 1
 
 
 async def test_duplicate_responses_count_once(hostile: HostilePeer) -> None:
@@ -367,10 +375,15 @@ async def test_duplicate_responses_count_once(hostile: HostilePeer) -> None:
 
 
 async def test_a_response_to_another_cseq_is_not_ours(hostile: HostilePeer) -> None:
-    outcome = await run_probe(tcp(hostile.address("other_cseq")), WAIT, hostile)
-    assert_failed(outcome, "sip_timeout", "sip", "did not match our request", "CSeq")
-    assert outcome.result.mismatched_responses == 1
-    outcome.assert_waited()
+    result = await fails_at_the_deadline(
+        tcp(hostile.address("other_cseq")),
+        "sip_timeout",
+        "sip",
+        "did not match our request",
+        "CSeq",
+        peer=hostile,
+    )
+    assert result.mismatched_responses == 1
 
 
 async def test_misbehaviour_is_per_connection(hostile: HostilePeer) -> None:

@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.daemon_helpers import UmprobeProcess
 from tests.lab.kamailio import find_module_dir
 from tests.lab.ports import allocate_port
 from tests.lab.proc import LabProcess, require_binary
-from tests.test_daemon import UmprobeProcess
 from tests.test_metrics import promtool_check
 from umprobe.devcerts import DevCA
 

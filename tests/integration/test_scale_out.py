@@ -24,11 +24,11 @@ import pytest
 import trio
 
 from tests.conftest import _LAB_PROCESSES
+from tests.daemon_helpers import BackgroundService
 from tests.integration.test_prometheus import _start_with_retry, wait_for
 from tests.lab.ports import allocate_port
 from tests.lab.proc import LabProcess
 from tests.lab.prometheus import PrometheusServer
-from tests.test_daemon import BackgroundService
 from umprobe.config import load_config
 from umprobe.peer.sip_responder import serve_sip_responder
 from umprobe.shard import shard_index
