@@ -143,3 +143,52 @@ def test_only_raw_umprobe_metrics(dashboard: dict[str, Any]) -> None:
                 assert name in documented or base in documented, (panel["title"], name)
             bare = re.sub(r'"[^"]*"|\[[^\]]*\]', "", target["expr"])  # no strings, no ranges
             assert ":" not in bare, f"a recording rule in {panel['title']!r}: {target['expr']}"
+
+
+def test_collapsed_rows_lay_out_their_panels() -> None:
+    """A collapsed row keeps its panels inside it, laid out for when it is opened: below the row, within
+    24 columns, without overlap among them."""
+    for name in NAMES:
+        for row in load(name)["panels"]:
+            if row["type"] != "row" or not row.get("collapsed"):
+                assert not row.get("panels"), f"{name}: {row['title']!r} is open but holds panels"
+                continue
+            assert row["panels"], f"{name}: collapsed row {row['title']!r} is empty"
+            cells: dict[tuple[int, int], str] = {}
+            for panel in row["panels"]:
+                assert panel["type"] != "row", panel["title"]
+                pos = panel["gridPos"]
+                x, y, w, h = pos["x"], pos["y"], pos["w"], pos["h"]
+                assert x >= 0 and w >= 1 and h >= 1 and x + w <= 24, panel["title"]
+                assert y > row["gridPos"]["y"], f"{panel['title']!r} is above its row {row['title']!r}"
+                for cx in range(x, x + w):
+                    for cy in range(y, y + h):
+                        assert (cx, cy) not in cells, f"{panel['title']!r} overlaps {cells[cx, cy]!r}"
+                        cells[cx, cy] = panel["title"]
+
+
+# Metrics that a working set-up may lack: the policy gauges (profile targets only), the inbound series
+# ([[listen]] only) and the threshold state (absent until judged, never on a /probe job).
+OPTIONAL = re.compile(r"\bumprobe_(policy_|inbound_|listener_up\b|listener_transitions_total\b)")
+OPTIONAL_SECTION = re.compile(r"\bumprobe_(policy_|inbound_)")
+
+
+def test_optional_panels_say_why_they_are_empty(dashboard: dict[str, Any]) -> None:
+    """An Exchange-only set-up sees text, not a bare "No data", where a feature it does not use would show;
+    and the policy and inbound panels sit in collapsed rows, out of its way."""
+    collapsed = {
+        panel["id"]
+        for row in dashboard["panels"]
+        if row["type"] == "row" and row.get("collapsed")
+        for panel in row["panels"]
+    }
+    found = 0
+    for panel in query_panels(dashboard):
+        exprs = " ".join(target["expr"] for target in panel["targets"])
+        if OPTIONAL.search(exprs):
+            found += 1
+            no_value = panel["fieldConfig"]["defaults"].get("noValue", "")
+            assert len(no_value.split()) >= 3, f"{panel['title']!r} needs a noValue text saying why"
+        if OPTIONAL_SECTION.search(exprs):
+            assert panel["id"] in collapsed, f"{panel['title']!r} belongs in a collapsed row"
+    assert found >= 3
