@@ -121,6 +121,7 @@ async def test_json_has_the_documented_keys(plain_port: int) -> None:
     assert set(result["timings"]) == TIMING_KEYS
     assert result["success"] is True
     assert result["reason"] == "ok"
+    assert result["step"] is None  # A/AAAA resolution: no RFC 3263 step
     assert result["status_code"] == 200
     assert result["server"] == "cli-test/1"
     assert result["tls"] is None
@@ -207,6 +208,10 @@ async def test_rtt_thresholds(plain_port: int) -> None:
         (["check"], "TARGET"),
         (["check", "--profile", "exchange2016", "cas01:5060"], "bare host"),
         (["check", "--transport", "tls", "--ca", "/nonexistent/ca.pem", "cas01"], "/nonexistent/ca.pem"),
+        (["check", "--dns-server", "127.0.0.1", "cas01"], "--dns-server goes with --resolution rfc3263"),
+        (["check", "--resolution", "rfc3263", "--dns-server", "ns1.contoso.com", "cas01"], "ns1.contoso.com"),
+        (["check", "--resolution", "rfc3263", "--dns-server", "127.0.0.1:0", "cas01"], "127.0.0.1:0"),
+        (["check", "--resolution", "srv", "cas01"], "'srv'"),
     ],
 )
 async def test_usage_errors_exit_3_with_one_line(args: list[str], fragment: str) -> None:
@@ -225,6 +230,8 @@ async def test_help_and_version() -> None:
     assert out.returncode == 0
     assert "Exit codes" in out.stdout
     assert "--accept-status" in out.stdout
+    assert "--resolution [a|rfc3263]" in out.stdout
+    assert "--dns-server ADDR[:PORT]" in out.stdout
     out = await umprobe("--version")
     assert out.returncode == 0
     assert out.stdout.startswith("umprobe, version ")
@@ -250,3 +257,35 @@ async def test_demo_once_checks_a_whole_um_server() -> None:
     # The demo serves TCP on 5065/5067 and TLS on 5066/5068: half of the worker probes fail, as optional rows.
     assert sum(r["success"] for r in workers) == 4
     assert {r["state"] for r in workers} == {"OK"}
+
+
+async def test_rfc3263_on_an_ip_literal_asks_no_one_and_says_literal(plain_port: int) -> None:
+    """An IP literal skips NAPTR/SRV/A (step "literal"), so even an unreachable nameserver does not matter;
+    the table gains a STEP column only then."""
+    dead_dns = f"127.0.0.1:{closed_port()}"
+    out = await umprobe(
+        "check", "--resolution", "rfc3263", "--dns-server", dead_dns, "--port", str(plain_port), "127.0.0.1"
+    )
+    assert out.returncode == 0, out
+    lines = out.stdout.splitlines()
+    assert lines[2].split()[:5] == ["LISTENER", "TRANSPORT", "ADDRESS", "PORT", "STEP"]
+    assert lines[3].split()[:6] == ["custom", "tcp", "127.0.0.1", str(plain_port), "literal", "200"]
+    plain = await umprobe("check", f"127.0.0.1:{plain_port}")
+    assert "STEP" not in plain.stdout
+
+
+async def test_rfc3263_with_a_dead_nameserver_is_one_dns_error() -> None:
+    dead_dns = f"127.0.0.1:{closed_port()}"
+    out = await umprobe(
+        "check", "--json", "--resolution", "rfc3263", "--dns-server", dead_dns, "--timeout", "2", "sip.test"
+    )
+    assert out.returncode == 2, out
+    (result,) = json.loads(out.stdout)["results"]
+    assert (result["address"], result["reason"], result["phase"], result["step"]) == (
+        "",
+        "dns_error",
+        "resolve",
+        None,
+    )
+    assert result["detail"].startswith("sip.test: ")  # the resolution's own reason, e.g. queries timed out
+    assert result["timings"]["total"] < 2 + 0.5  # by the deadline (--timeout 2)

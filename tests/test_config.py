@@ -1400,3 +1400,176 @@ def test_shipped_probes_toml_rtp_example_parses_when_uncommented() -> None:
     assert (entry.name, entry.spec.rtp_range, entry.cycles_per_sweep) == ("mbx01", (20000, 29999), 79)
     assert entry.labels == (("role", "mailbox"), ("site", "ams"))
     assert len(config.probes) == 25
+
+
+# ----------------------------------------------------------------------------------------------------
+# RFC 3263 resolution: `resolution` and [dns]
+
+SRV_MODULE = '[modules.srv]\ntransport = "tcp"\nresolution = "rfc3263"\n'
+SRV_TARGET = '[[targets]]\nhost = "sip.contoso.com"\nmodule = "srv"\n'
+
+
+def test_resolution_defaults_to_a_and_the_exchange_path_is_unchanged() -> None:
+    config = parse(TARGET)
+    (probe,) = config.probes
+    assert (probe.spec.resolution, probe.spec.port_given) == ("a", True)
+    assert all(module.resolution == "a" for module in config.modules.values())
+    assert config.dns.nameservers is None and config.dns.resolv_conf is None
+
+
+def test_rfc3263_module_target_without_a_port_takes_its_ports_from_srv() -> None:
+    config = parse(
+        SRV_MODULE
+        + SRV_TARGET
+        + '[[targets]]\nhost = "sip.contoso.com"\nmodule = "srv"\nport = 5060\n'
+        + '[[targets]]\nhost = "192.0.2.7"\nmodule = "srv"\n'
+    )
+    srv, explicit, literal = config.probes
+    assert (srv.name, srv.id) == ("sip.contoso.com/tcp", "sip.contoso.com|custom|tcp|naptr|srv")
+    assert (srv.spec.resolution, srv.spec.port_given, srv.spec.port) == ("rfc3263", False, 5060)
+    assert (explicit.name, explicit.spec.port_given) == ("sip.contoso.com:5060/tcp", True)
+    assert literal.spec.resolution == "rfc3263"  # an IP literal: step "literal" at run time, no DNS
+    lines = describe(config).splitlines()
+    assert lines[1].split()[:6] == [
+        "sip.contoso.com/tcp",
+        "sip.contoso.com",
+        "custom",
+        "tcp",
+        "NAPTR/SRV",
+        "srv",
+    ]
+    assert lines[2].split()[4] == "5060"
+    assert lines[-2] == (
+        "resolution: RFC 3263 (NAPTR -> SRV -> A/AAAA) for 3 probes (module srv), asking the nameservers of"
+        " /etc/resolv.conf; every other probe: A/AAAA"
+    )
+
+
+def test_a_module_port_is_a_named_port() -> None:
+    config = parse(SRV_MODULE + "port = 5080\n" + SRV_TARGET)
+    (probe,) = config.probes
+    assert (probe.name, probe.spec.port, probe.spec.port_given) == ("sip.contoso.com:5080/tcp", 5080, True)
+
+
+def test_builtin_modules_keep_a_resolution_even_with_defaults() -> None:
+    config = parse('[defaults]\nresolution = "rfc3263"\n[modules.mine]\ntransport = "udp"\n' + TARGET)
+    assert config.modules["mine"].resolution == "rfc3263"
+    assert {config.modules[name].resolution for name in ("sip_tcp", "sip_tls", "sip_udp")} == {"a"}
+    assert config.probes[0].spec.resolution == "a"
+    replaced = parse('[modules.sip_tcp]\nresolution = "rfc3263"\n' + TARGET)  # a user's sip_tcp is theirs
+    assert replaced.probes[0].spec.resolution == "rfc3263"
+
+
+def test_profile_targets_through_an_rfc3263_module_name_their_ports() -> None:
+    config = parse(
+        SRV_MODULE
+        + '[[targets]]\nhost = "ex01.contoso.local"\nprofile = "exchange2016"\ntcp_module = "srv"\n'
+    )
+    tcp = [p for p in config.probes if p.spec.transport == "tcp"]
+    assert tcp and all(p.spec.resolution == "rfc3263" and p.spec.port_given for p in tcp)
+
+
+def test_dns_nameservers_and_resolv_conf(tmp_path: Path) -> None:
+    config = parse(
+        SRV_MODULE + SRV_TARGET + '[dns]\nnameservers = ["127.0.0.1:5353", "[::1]:53", "192.0.2.53"]\n'
+    )
+    assert config.dns.nameservers == (("127.0.0.1", 5353), ("::1", 53), ("192.0.2.53", 53))
+    assert (
+        describe(config)
+        .splitlines()[-2]
+        .endswith("asking nameservers 127.0.0.1:5353, [::1]:53, 192.0.2.53:53; every other probe: A/AAAA")
+    )
+    (tmp_path / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+    config = parse(SRV_MODULE + '[dns]\nresolv_conf = "resolv.conf"\n', base_dir=tmp_path, check_files=True)
+    assert config.dns.resolv_conf == str(tmp_path / "resolv.conf")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '[modules.srv]\nresolution = "srv"\n',
+            'probes.toml:2: modules.srv.resolution = "srv": must be one of "a", "rfc3263"',
+        ),
+        (
+            "[defaults]\nresolution = true\n",
+            'probes.toml:2: defaults.resolution = true: must be one of "a", "rfc3263"',
+        ),
+        (
+            SRV_MODULE + '[dns]\nnameservers = "127.0.0.1"\n',
+            'probes.toml:5: dns.nameservers = "127.0.0.1": must be a non-empty list like'
+            ' ["192.0.2.53", "127.0.0.1:5353", "[::1]:53"]',
+        ),
+        (
+            SRV_MODULE + "[dns]\nnameservers = []\n",
+            "probes.toml:5: dns.nameservers = []: must be a non-empty list like"
+            ' ["192.0.2.53", "127.0.0.1:5353", "[::1]:53"]',
+        ),
+        (
+            SRV_MODULE + '[dns]\nnameservers = ["ns1.contoso.com"]\n',
+            'probes.toml:5: dns.nameservers = ["ns1.contoso.com"]: "ns1.contoso.com" is not "IP", "IPv4:PORT"'
+            ' or "[IPv6]:PORT" (an address, not a name)',
+        ),
+        (
+            SRV_MODULE + '[dns]\nnameservers = ["127.0.0.1:99999"]\n',
+            'probes.toml:5: dns.nameservers = ["127.0.0.1:99999"]: "127.0.0.1:99999" is not "IP",'
+            ' "IPv4:PORT" or "[IPv6]:PORT" (an address, not a name)',
+        ),
+        (
+            SRV_MODULE + '[dns]\nnameservers = ["::1:53"]\n',
+            None,  # a bare IPv6 address (port 53), not "[::1]:53": accepted
+        ),
+        (
+            SRV_MODULE + '[dns]\nnameservers = ["127.0.0.1", "127.0.0.1:53"]\n',
+            'probes.toml:5: dns.nameservers = ["127.0.0.1", "127.0.0.1:53"]: lists "127.0.0.1:53" twice',
+        ),
+        (
+            SRV_MODULE + "[dns]\nnameservers = [53]\n",
+            'probes.toml:5: dns.nameservers = [53]: 53 is not a string "ADDRESS[:PORT]"',
+        ),
+        (
+            SRV_MODULE + '[dns]\nnameservers = ["127.0.0.1"]\nresolv_conf = "/etc/resolv.conf"\n',
+            'probes.toml:6: dns.resolv_conf = "/etc/resolv.conf": give nameservers or resolv_conf, not both',
+        ),
+        (
+            '[dns]\nnameservers = ["127.0.0.1"]\n',
+            'probes.toml:2: dns.nameservers = ["127.0.0.1"]: has no effect: no module has resolution ='
+            ' "rfc3263" (only those ask these nameservers)',
+        ),
+        (
+            SRV_MODULE + '[dns]\nnameserver = ["127.0.0.1"]\n',
+            'probes.toml:5: dns.nameserver = ["127.0.0.1"]: unknown key (did you mean nameservers?)',
+        ),
+        (
+            SRV_MODULE + 'dns = "127.0.0.1"\n',
+            'probes.toml:4: modules.srv.dns = "127.0.0.1": unknown key (it belongs in the top level)',
+        ),
+    ],
+)
+def test_resolution_and_dns_errors(text: str, expected: str | None) -> None:
+    if expected is None:
+        parse(text)
+        return
+    assert str(error(text)) == expected
+
+
+def test_dns_resolv_conf_is_checked_with_files(tmp_path: Path) -> None:
+    text = SRV_MODULE + '[dns]\nresolv_conf = "missing.conf"\n'
+    parse(text, base_dir=tmp_path)  # --no-check-files: not opened
+    message = str(error(text, base_dir=tmp_path, check_files=True))
+    assert message == (
+        f'probes.toml:5: dns.resolv_conf = "missing.conf": no usable nameserver in {tmp_path}/missing.conf:'
+        f" cannot open {tmp_path}/missing.conf"
+    )
+    (tmp_path / "names.conf").write_text("nameserver ns1.contoso.com\n")
+    message = str(
+        error(SRV_MODULE + '[dns]\nresolv_conf = "names.conf"\n', base_dir=tmp_path, check_files=True)
+    )
+    assert message.startswith(
+        f'probes.toml:5: dns.resolv_conf = "names.conf": {tmp_path}/names.conf: nameserver'
+    )
+
+
+def test_step_is_a_builtin_label() -> None:
+    message = str(error(TARGET + 'labels = { step = "x" }\n'))
+    assert 'label name "step" is set by umprobe itself' in message

@@ -711,3 +711,50 @@ def test_probe_config_reuses_configured_labels_only_for_the_same_module() -> Non
         "cas01.contoso.local:5061", replace(config.modules["mtls"], name="mtls2"), config
     )
     assert other is not TLS and other.labels == () and other.spec.listener == "custom"
+
+
+# -- RFC 3263 modules ------------------------------------------------------------------------------------
+
+
+async def test_status_page_shows_port_and_step_for_rfc3263_listeners() -> None:
+    with trio.fail_after(CAP):
+        srv = probe_config(host="sip.contoso.com", port=5060, transport="tcp", module="srv", name="sip/tcp")
+        srv = replace(srv, spec=replace(srv.spec, resolution="rfc3263", port_given=False))
+        store = ResultStore()
+        store.set_probes([srv, TCP])
+        store.record(
+            srv,
+            [
+                result(srv, address="127.0.0.1", port=5070, step="srv"),
+                result(
+                    srv,
+                    address="127.0.0.1",
+                    port=5080,
+                    step="srv",
+                    reason=Reason.CONNECT_REFUSED,
+                    phase=Phase.CONNECT,
+                    status=None,
+                ),
+            ],
+        )
+        store.record(TCP, [result(TCP, address="192.0.2.10")])
+        async with running(store=store, config=make_config([srv, TCP])) as h:
+            page = (await http(h.port, "GET", "/")).text
+    assert "<td>127.0.0.1:5070 (srv)</td>" in page
+    assert "<td>127.0.0.1:5080 (srv)</td>" in page
+    assert "<td>192.0.2.10</td>" in page  # A/AAAA listeners as before: the address alone
+    # each row has its own up/down state: the two SRV ports of one address are two listeners
+    assert page.count('<td class="ok">up; in a row: 1 ok') == 2
+    assert page.count('<td class="fail">down; in a row: 0 ok, 1 failed') == 1
+
+
+async def test_probe_ad_hoc_target_of_an_rfc3263_module_lets_srv_choose_the_port() -> None:
+    with trio.fail_after(CAP):
+        srv = replace(module("srv", "tcp"), resolution="rfc3263")
+        fake = FakeProbe()
+        async with running(config=make_config(allow=("*",), modules=[srv]), fake=fake) as h:
+            assert (await http(h.port, "GET", "/probe?target=sip.contoso.com&module=srv")).status == 200
+            assert (await http(h.port, "GET", "/probe?target=sip.contoso.com:5070&module=srv")).status == 200
+            assert (await http(h.port, "GET", "/probe?target=sip.contoso.com&module=tcp")).status == 200
+        shapes = [(p.spec.port, p.spec.resolution, p.spec.port_given) for p, _ in fake.calls]
+        assert shapes == [(5060, "rfc3263", False), (5070, "rfc3263", True), (5060, "a", True)]

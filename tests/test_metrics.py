@@ -769,8 +769,19 @@ def expand(labels: set[str], probe: ProbeConfig, vantage: str | None) -> set[str
     return out
 
 
+#: A UDP probe through an RFC 3263 module (same extra labels as TLS, so the docs check covers it): its
+#: port comes from SRV, so its listeners have ports of their own, a step, and retransmissions.
+UDP_SRV = replace(
+    probe_config(host="sip.contoso.com", port=5060, transport="udp", listener="custom", module="srv_udp"),
+    id="sip.contoso.com|custom|udp|naptr|srv_udp",
+    name="sip.contoso.com/udp",
+)
+UDP_SRV = replace(UDP_SRV, spec=replace(UDP_SRV.spec, resolution="rfc3263", port_given=False))
+
+
 def everything_store(probe: ProbeConfig) -> ResultStore:
-    """A store whose output has every family: TLS with a client certificate, Retry-After, some lag."""
+    """A store whose output has every family: TLS with a client certificate, Retry-After, some lag, and
+    an RFC 3263 UDP listener with its step and retransmissions."""
     store = store_with(
         probe,
         [
@@ -785,6 +796,8 @@ def everything_store(probe: ProbeConfig) -> ResultStore:
             )
         ],
     )
+    store.set_probes([probe, UDP_SRV])
+    store.record(UDP_SRV, [result(UDP_SRV, address="192.0.2.30", port=5070, step="srv", retransmissions=2)])
     store.observe_lag(0.01)
     store.set_reload(success=True, at=1_800_000_000.0)
     store.set_rtp([RTP])
@@ -820,7 +833,14 @@ def test_metrics_page_matches_docs(vantage: str | None) -> None:
 
 def test_probe_page_matches_docs() -> None:
     r = result(
-        TLS, tls=tls_info(), client_cert=cert(), retry_after=5, status=503, reason=Reason.SIP_UNHEALTHY_STATUS
+        TLS,
+        tls=tls_info(),
+        client_cert=cert(),
+        retry_after=5,
+        status=503,
+        reason=Reason.SIP_UNHEALTHY_STATUS,
+        step="naptr",
+        port=5071,
     )
     body, _ = probe_page(TLS, [r], duration=0.1, debug=False)
     check_against_docs(parse_page(body.decode()), "The probe page", TLS, None)
@@ -828,7 +848,7 @@ def test_probe_page_matches_docs() -> None:
 
 def test_metrics_page_passes_promtool() -> None:
     store = everything_store(TLS)
-    store.set_probes([TLS, TCP])
+    store.set_probes([TLS, TCP, UDP_SRV])
     store.record(TCP, [result(TCP)])
     _, raw = collect(store, vantage="dc1")
     promtool_check(raw)
@@ -1023,3 +1043,86 @@ def test_set_rtp_keeps_unchanged_drops_removed_and_blocks_of_another_range() -> 
     before = len(collect(store)[0].get("umprobe_rtp_block_reachable_ratio", peer="mbx01"))
     store.set_rtp([replace(wider, interval=120.0)])
     assert len(collect(store)[0].get("umprobe_rtp_block_reachable_ratio", peer="mbx01")) == before
+
+
+# -- RFC 3263 listeners (address and port) and UDP retransmissions ---------------------------------------
+
+
+def test_one_address_on_two_srv_ports_is_two_listeners() -> None:
+    store = ResultStore()
+    store.set_probes([UDP_SRV])
+    a = result(UDP_SRV, address="127.0.0.1", port=5070, step="srv", retransmissions=1)
+    b = result(
+        UDP_SRV, address="127.0.0.1", port=5080, step="srv", reason=Reason.SIP_TIMEOUT, phase=Phase.SIP
+    )
+    store.record(UDP_SRV, [a, b])
+    store.record(UDP_SRV, [replace(a, retransmissions=2), b])
+    stats = {(s.address, s.port): s for s in store.address_stats(UDP_SRV.id)}
+    assert set(stats) == {("", 5060), ("127.0.0.1", 5070), ("127.0.0.1", 5080)}  # ("", 5060): pinned
+    assert (stats["127.0.0.1", 5070].runs, stats["127.0.0.1", 5080].runs) == (2, 2)
+    assert dict(stats["127.0.0.1", 5080].failures)[Reason.SIP_TIMEOUT] == 2
+    assert dict(stats["127.0.0.1", 5070].failures)[Reason.SIP_TIMEOUT] == 0
+    assert (stats["127.0.0.1", 5070].retransmissions, stats["127.0.0.1", 5080].retransmissions) == (3, 0)
+    page, raw = collect(store)
+    sel = {"probe": "sip.contoso.com/udp", "address": "127.0.0.1"}
+    assert page.value("umprobe_probe_success", port="5070", **sel) == 1
+    assert page.value("umprobe_probe_success", port="5080", **sel) == 0
+    assert page.value("umprobe_probe_failures_total", port="5080", reason="sip_timeout", **sel) == 2
+    assert page.value("umprobe_sip_retransmissions_total", port="5070", **sel) == 3
+    assert page.value("umprobe_sip_retransmissions_total", port="5080", **sel) == 0
+    assert page.value("umprobe_sip_resolution_step_info", port="5070", step="srv", **sel) == 1
+    assert page.value("umprobe_sip_resolution_step_info", port="5080", step="srv", **sel) == 1
+    # the address-less key keeps the configured port and has neither a step nor retransmissions
+    assert page.value("umprobe_probe_runs_total", address="", port="5060") == 0
+    assert page.get("umprobe_sip_retransmissions_total", address="") == []
+    assert page.value("umprobe_probe_interval_seconds", port="5060") == 30.0
+    promtool_check(raw)
+
+
+def test_stale_address_and_port_keys_are_forgotten_each_on_its_own() -> None:
+    store = ResultStore()
+    store.set_probes([UDP_SRV])
+    store.record(UDP_SRV, [result(UDP_SRV, address="127.0.0.1", port=5070, step="srv")])
+    for _ in range(STALE_RUNS):
+        store.record(UDP_SRV, [result(UDP_SRV, address="127.0.0.1", port=5080, step="srv")])
+    assert {(s.address, s.port) for s in store.address_stats(UDP_SRV.id)} == {("", 5060), ("127.0.0.1", 5080)}
+
+
+def test_dns_error_of_an_rfc3263_probe_is_the_pinned_series() -> None:
+    failed = result(UDP_SRV, address="", reason=Reason.DNS_ERROR, phase=Phase.RESOLVE, status=None, step=None)
+    store = store_with(UDP_SRV, [failed])
+    page, _ = collect(store)
+    assert page.value("umprobe_probe_failures_total", address="", port="5060", reason="dns_error") == 1
+    assert page.get("umprobe_sip_resolution_step_info") == []
+    assert page.get("umprobe_sip_retransmissions_total") == []
+
+
+def test_a_resolution_pages_have_no_step_and_only_udp_has_retransmissions() -> None:
+    """The Exchange path: a/AAAA results carry no step, so no new series; TCP/TLS get no retransmissions."""
+    store = everything_store(TLS)
+    store.set_probes([TLS, TCP])  # UDP_SRV removed
+    store.record(TCP, [result(TCP, address="192.0.2.10")])
+    page, _ = collect(store)
+    assert page.get("umprobe_sip_resolution_step_info") == []
+    assert page.get("umprobe_sip_retransmissions_total") == []
+    udp = probe_config(host="192.0.2.40", port=5060, transport="udp", listener="custom", module="sip_udp")
+    store = store_with(udp, [result(udp, address="192.0.2.40", retransmissions=2)])
+    page, _ = collect(store)
+    assert page.value("umprobe_sip_retransmissions_total", address="192.0.2.40", port="5060") == 2
+    assert page.get("umprobe_sip_resolution_step_info") == []
+
+
+def test_probe_page_has_the_step_and_the_srv_port_but_no_counters() -> None:
+    rs = [
+        result(UDP_SRV, address="127.0.0.1", port=5070, step="naptr", retransmissions=2),
+        result(UDP_SRV, address="127.0.0.1", port=5080, step="naptr"),
+    ]
+    body, _ = probe_page(UDP_SRV, rs, duration=0.2, debug=False)
+    page = parse_page(body.decode())
+    assert page.value("umprobe_sip_resolution_step_info", port="5070", step="naptr") == 1
+    assert page.value("umprobe_probe_success", port="5080", address="127.0.0.1") == 1
+    assert "umprobe_sip_retransmissions_total" not in page.names()
+    promtool_check(body)
+    debug, _ = probe_page(UDP_SRV, rs, duration=0.2, debug=True)
+    assert b"resolution: RFC 3263, step naptr" in debug
+    assert b"resolution: rfc3263 (ports from NAPTR/SRV)" in debug

@@ -252,6 +252,11 @@ def test_config_teams_target_with_a_host_and_port_map_and_server_name() -> None:
     assert probe.spec.contact_host == "sbc1.contoso.com"  # replace() kept the shape through the override
 
 
+def test_config_skype_tcp_only_needs_no_client_certificate() -> None:
+    config = cfg('[[targets]]\nhost = "med1"\nprofile = "skype-mediation"\ntransports = ["tcp"]\n')
+    assert [(p.spec.transport, p.spec.port) for p in config.probes] == [("tcp", 5068)]
+
+
 def test_config_exchange_probes_carry_no_profile_policy() -> None:
     config = cfg('[[targets]]\nhost = "ex01"\nprofile = "exchange2016"\num_mode = "tcp"\n')
     assert all(p.profile is None and p.spec.contact_host is None for p in config.probes)
@@ -297,6 +302,10 @@ def test_config_exchange_probes_carry_no_profile_policy() -> None:
             "has no effect without sbc_fqdn",
         ),
         ('[[targets]]\nprofile = "sip-trunk"\n', "host is required"),
+        (
+            '[[targets]]\nhost = "med1"\nprofile = "skype-mediation"\n',
+            "needs a TLS module with cert_file: its policy judges the client certificate",
+        ),
     ],
 )
 def test_config_profile_errors_are_one_line(text: str, fragment: str) -> None:
@@ -308,7 +317,8 @@ def test_config_trunk_and_skype_targets() -> None:
     config = cfg(
         '[[targets]]\nhost = "trunk.example.net"\nprofile = "sip-trunk"\ntransports = ["tls"]\n'
         'sbc_fqdn = "sbc1.contoso.com"\n'
-        '[[targets]]\nhost = "med01.contoso.local"\nprofile = "skype-mediation"\n'
+        + TEAMS_MODULE
+        + '[[targets]]\nhost = "med01.contoso.local"\nprofile = "skype-mediation"\ntls_module = "teams"\n'
     )
     trunk, *skype = config.probes
     assert (trunk.spec.port, trunk.spec.transport, trunk.profile, trunk.spec.contact_host) == (

@@ -595,6 +595,65 @@ async def test_a_probe_that_ignores_its_deadline_is_cut_off(
     assert sum("overran" in str(fields(r).get("error")) for r in caplog.records) == 1
 
 
+async def test_probes_with_other_timeouts_are_each_cut_off_at_their_own_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The watchdogs wait in the timer loop's heap: a short deadline armed while the loop waits for a later
+    # slot or deadline must still be kept, whichever of the two probes starts first.
+    fake = FakeProbe(duration=lambda _s: 1000.0, honour_deadline=False)
+    store = FakeStore()
+    sched = Scheduler(store, max_concurrency=4, probe_fn=fake, wall_clock=wall_zero)
+    sched.update(
+        [make_probe("long", interval=100.0, timeout=50.0), make_probe("short", interval=100.0, timeout=2.0)]
+    )
+    await run_for(sched, 250.0)
+    cut = [c for c in fake.calls if c.end is not None and c.end < 250.0]
+    assert Counter(c.host for c in cut) == {"long": 2, "short": 2}
+    for call in cut:
+        assert call.end is not None
+        limit = call.start + (50.0 if call.host == "long" else 2.0) + OVERRUN_GRACE
+        # The grace is 20 ticks of 0.05 s; their float sum may fall short of 1.0 by a rounding: one tick more.
+        assert limit - 1e-9 <= call.end <= limit + 0.05 + 1e-9
+    assert store.records == []
+    assert store.in_flight == 0
+
+
+class _Steps(trio.abc.Instrument):
+    """Every task spawned, and when the scheduler's own task (its timer loop) ran."""
+
+    def __init__(self) -> None:
+        self.spawned: list[str] = []
+        self.loop_steps: list[float] = []
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.spawned.append(task.name)
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith("Scheduler.run"):
+            self.loop_steps.append(trio.current_time())
+
+
+async def test_runs_that_end_in_time_start_no_watchdog_and_never_wake_the_loop_at_their_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake = FakeProbe(duration=lambda _s: 0.1)
+    store = FakeStore()
+    sched = Scheduler(store, max_concurrency=1, probe_fn=fake, wall_clock=wall_zero)
+    sched.update([make_probe("sparse", interval=60.0, timeout=5.0)])
+    steps = _Steps()
+    trio.lowlevel.add_instrument(steps)
+    try:
+        await run_for(sched, 200.0)
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    assert len(fake.calls) == 3
+    assert [name for name in steps.spawned if "watchdog" in name] == []
+    assert any(name.endswith("Scheduler.run") for name in steps.spawned)
+    deadlines = {call.deadline for call in fake.calls}
+    assert not deadlines & set(steps.loop_steps), "the timer loop woke at a finished run's deadline"
+    assert len(store.records) == 3
+
+
 # -- state-change logging --------------------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -28,6 +28,9 @@ from umprobe.policy import PolicyReport, Verdict, evaluate_probe
 from umprobe.probes.result import ProbeResult, Reason
 from umprobe.probes.sip_options import SipProbeSpec, TLSContextCache, probe
 from umprobe.profiles import get_profile
+
+if TYPE_CHECKING:
+    from umprobe.net.rfc3263 import DnsLookup
 
 __all__ = [
     "CheckItem",
@@ -85,16 +88,21 @@ class CheckReport:
 
 
 async def run_check(
-    items: Sequence[CheckItem], *, deadline: float, contexts: TLSContextCache | None = None
+    items: Sequence[CheckItem],
+    *,
+    deadline: float,
+    contexts: TLSContextCache | None = None,
+    dns: DnsLookup | None = None,
 ) -> list[tuple[CheckItem, ProbeResult]]:
-    """Probe every item concurrently under one absolute `deadline` (`trio.current_time()` units)."""
+    """Probe every item concurrently under one absolute `deadline` (`trio.current_time()` units); `dns` is
+    the nameserver client of items with `resolution = "rfc3263"` (one for the whole check)."""
     limiter = trio.CapacityLimiter(_MAX_CONCURRENT_PROBES)
     found: list[list[ProbeResult]] = [[] for _ in items]
     contexts = contexts or TLSContextCache()
 
     async def one(i: int, item: CheckItem) -> None:
         async with limiter:
-            found[i] = await probe(item.spec, deadline=deadline, contexts=contexts)
+            found[i] = await probe(item.spec, deadline=deadline, contexts=contexts, dns=dns)
 
     async with trio.open_nursery() as nursery:
         for i, item in enumerate(items):
@@ -236,7 +244,7 @@ def render_text(report: CheckReport, thresholds: Thresholds, *, verbose: bool = 
             first += f"; and {len(report.problems) - 5} more"
     perf = _perfdata(report, thresholds)
     lines = [f"{first} | {perf}" if perf else first, ""]
-    header = (
+    header: tuple[str, ...] = (
         "LISTENER",
         "TRANSPORT",
         "ADDRESS",
@@ -249,6 +257,9 @@ def render_text(report: CheckReport, thresholds: Thresholds, *, verbose: bool = 
         "CERT",
         "RESULT",
     )
+    steps = any(row.result.step is not None for row in report.rows)  # RFC 3263: how each address was found
+    if steps:
+        header = (*header[:4], "STEP", *header[4:])
     table: list[tuple[str, ...]] = [header]
     for row in report.rows:
         r = row.result
@@ -261,21 +272,21 @@ def render_text(report: CheckReport, thresholds: Thresholds, *, verbose: bool = 
             verdict = f"down, optional: {r.reason.value}"
         else:
             verdict = f"{row.state.name}: {row.note}"
-        table.append(
-            (
-                r.listener,
-                r.transport + (" (insecure)" if r.insecure else ""),
-                r.address or r.target,
-                str(r.port),
-                status,
-                _ms(r.timings.connect),
-                _ms(r.timings.tls),
-                _ms(r.timings.sip),
-                _ms(r.timings.total),
-                "-" if days is None else f"{days:.0f}d",
-                verdict,
-            )
+        cells = (
+            r.listener,
+            r.transport + (" (insecure)" if r.insecure else ""),
+            r.address or r.target,
+            str(r.port),
+            *((r.step or "-",) if steps else ()),
+            status,
+            _ms(r.timings.connect),
+            _ms(r.timings.tls),
+            _ms(r.timings.sip),
+            _ms(r.timings.total),
+            "-" if days is None else f"{days:.0f}d",
+            verdict,
         )
+        table.append(cells)
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     for line in table:
         lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip())
@@ -368,6 +379,7 @@ def result_json(row: Row, now: datetime) -> dict[str, Any]:
         "provisional_responses": r.provisional_responses,
         "mismatched_responses": r.mismatched_responses,
         "retransmissions": r.retransmissions,
+        "step": r.step,  # RFC 3263 (--resolution rfc3263): how the address was found; null for A/AAAA
     }
     if row.policy is not None:  # only rows of a profile with a policy: Exchange's JSON is unchanged
         out["policy"] = row.policy.as_dict()

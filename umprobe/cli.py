@@ -41,6 +41,8 @@ Examples:
   umprobe check --profile teams-direct-routing --sbc-fqdn sbc1.contoso.com --cert sbc1.pem --key sbc1.key
                                                     Microsoft's SIP proxies, as the SBC: TLS and policy
   umprobe check --json [::1]:5060                   machine-readable result
+  umprobe check --resolution rfc3263 --dns-server 192.0.2.53 sip.contoso.com
+                                                    every NAPTR/SRV target of the SIP domain
 
 \b
 Exit codes (Nagios plugin rules): 0 OK, 1 WARNING, 2 CRITICAL (a listener failed),
@@ -189,6 +191,22 @@ def cli() -> None:
     metavar="CODES",
     help="SIP status codes that count as healthy: '200', '200,202', '2xx', '200-299'. [default: 200]",
 )
+@click.option(
+    "--resolution",
+    type=click.Choice(["a", "rfc3263"]),
+    default="a",
+    show_default=True,
+    help="How a name becomes addresses: its A/AAAA records, or RFC 3263 NAPTR -> SRV -> A/AAAA, where SRV "
+    "records give the ports unless TARGET or --port names one; every target found is probed.",
+)
+@click.option(
+    "--dns-server",
+    "dns_servers",
+    multiple=True,
+    metavar="ADDR[:PORT]",
+    help="With --resolution rfc3263: a nameserver to ask ('192.0.2.53', '127.0.0.1:5353', '[::1]:53'); "
+    "repeatable. [default: those of /etc/resolv.conf]",
+)
 @click.option("-4", "ipv4_only", is_flag=True, help="Probe IPv4 addresses only.")
 @click.option("-6", "ipv6_only", is_flag=True, help="Probe IPv6 addresses only.")
 @click.option("--from-domain", help="Domain for the From URI. [default: the probe's local address]")
@@ -235,6 +253,8 @@ def check(
     ciphers: str | None,
     timeout: float,
     accept_status: frozenset[int],
+    resolution: str,
+    dns_servers: Sequence[str],
     ipv4_only: bool,
     ipv6_only: bool,
     from_domain: str | None,
@@ -248,7 +268,8 @@ def check(
     """Send SIP OPTIONS to each TARGET and report every listener and address.
 
     TARGET is `host`, `host:port`, `[v6addr]:port`, `v6addr`, or a SIP URI such as
-    `sip:host:5061;transport=tls` or `sips:host`. Every A/AAAA address of a name is probed separately.
+    `sip:host:5061;transport=tls` or `sips:host`. Every A/AAAA address of a name is probed separately
+    (with --resolution rfc3263 every address of every NAPTR/SRV target, each on its SRV port).
     A listener is healthy when it answers with an accepted status code over a verified connection.
     """
     timeout = _seconds(timeout, "--timeout") or 5.0
@@ -259,6 +280,7 @@ def check(
     if (cert_file is None) != (key_file is None):
         raise click.UsageError("--cert and --key go together: give both or neither")
     families = ("ipv4",) if ipv4_only else ("ipv6",) if ipv6_only else ("ipv4", "ipv6")
+    nameservers = _nameservers(dns_servers, resolution)
     tls = TLSClientConfig(
         ca_file=ca_file,
         cert_file=cert_file,
@@ -275,6 +297,7 @@ def check(
         "accept_status": accept_status,
         "families": families,
         "from_domain": from_domain,
+        "resolution": resolution,
     }
     if profile and not get_profile(profile).exchange:
         items = _profile_items(profile, targets, transport, sbc_fqdn, sbc_port, variant, cert_file, common)
@@ -320,6 +343,8 @@ def check(
                     port=target.port or port or (5061 if chosen == "tls" else 5060),
                     transport="tls" if chosen == "tls" else "udp" if chosen == "udp" else "tcp",
                     uri_scheme="sips" if target.scheme == "sips" else "sip",
+                    # RFC 3263: without a port in TARGET or --port, NAPTR/SRV choose the ports
+                    port_given=resolution == "a" or target.port is not None or port is not None,
                     **common,  # type: ignore[arg-type]
                 )
             )
@@ -335,14 +360,42 @@ def check(
 
         warn_if_exposed(key_file, what="--key")  # a key others may read: one warning line on stderr
 
+    dns = None
+    if resolution == "rfc3263":
+        from umprobe.net.rfc3263 import DnsClient, DnsConfigError
+
+        try:  # one client for the whole check: resolv.conf is read once
+            dns = DnsClient(nameservers)
+        except DnsConfigError as exc:  # no nameserver in /etc/resolv.conf: each probe says so (dns_error)
+            click.echo(f"umprobe: warning: {exc}", err=True)
+
     async def run() -> list[tuple[CheckItem, ProbeResult]]:
-        return await run_check(items, deadline=trio.current_time() + timeout, contexts=contexts)
+        return await run_check(items, deadline=trio.current_time() + timeout, contexts=contexts, dns=dns)
 
     pairs = trio.run(run)
     thresholds = Thresholds(warn_rtt=warn_rtt, crit_rtt=crit_rtt, warn_days=warn_days, crit_days=crit_days)
     report = evaluate(pairs, thresholds)
     click.echo(render_json(report) if as_json else render_text(report, thresholds, verbose=verbose))
     sys.exit(int(report.state))
+
+
+def _nameservers(texts: Sequence[str], resolution: str) -> list[tuple[str, int]] | None:
+    """--dns-server values as (address, port); None (the system's resolv.conf) when there are none."""
+    if not texts:
+        return None
+    if resolution != "rfc3263":
+        raise click.UsageError(
+            "--dns-server goes with --resolution rfc3263 (A/AAAA uses the system resolver)"
+        )
+    from umprobe.net.rfc3263 import parse_nameserver
+
+    servers: list[tuple[str, int]] = []
+    for text in texts:
+        try:
+            servers.append(parse_nameserver(text))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--dns-server") from None
+    return servers
 
 
 def _profile_items(
@@ -386,6 +439,12 @@ def _profile_items(
         listeners = expand_profile(profile, transports=(transport,) if transport else None)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--transport") from None
+    policy_needs_cert = data.policy is not None and data.policy.client_cert_required
+    if policy_needs_cert and cert_file is None and any(spec.transport == "tls" for spec in listeners):
+        raise click.UsageError(
+            f"--profile {profile} needs --cert and --key for its TLS listeners: its policy judges the client "
+            "certificate (or check only its TCP listeners with --transport tcp)"
+        )
     hosts: list[tuple[str, int | None]] = []
     for text in targets:
         try:

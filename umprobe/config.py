@@ -33,8 +33,14 @@ text (strings of all four kinds, comments, brackets) and records the line of eve
 `key =` statement under its full key path, so an error can say `probes.toml:LINE:`. A key inside an inline
 table is reported at the line of the inline table; a path it cannot place is reported without a line.
 
-File paths (`ca_file`, `cert_file`, `key_file`, `secret_file`) are relative to the directory of the config
-file.
+7. `resolution = "rfc3263"` on a module makes its probes resolve by NAPTR -> SRV -> A/AAAA
+   (umprobe.net.rfc3263, docs/resolution.md); a module target that names no port (neither the target's nor
+   the module's `port`) then takes its ports from NAPTR/SRV. `[dns]` says which nameservers those lookups ask
+   (`nameservers` or `resolv_conf`, default the system's resolv.conf); it is an error when no module resolves
+   by RFC 3263. Built-in modules always resolve A/AAAA.
+
+File paths (`ca_file`, `cert_file`, `key_file`, `secret_file`, `resolv_conf`) are relative to the directory
+of the config file.
 """
 
 from __future__ import annotations
@@ -94,6 +100,7 @@ __all__ = [
     "TLS_ONLY_KEYS",
     "Config",
     "ConfigError",
+    "DnsConfig",
     "ExporterConfig",
     "ListenConfig",
     "LogConfig",
@@ -130,8 +137,11 @@ MODULE_KEYS: Final = frozenset(
         "failures_before_down",
         "successes_before_up",
         "preset",
+        "resolution",
     }
 )
+#: The values of a module's `resolution`: getaddrinfo A/AAAA of the host, or RFC 3263 §4.
+RESOLUTIONS: Final = ("a", "rfc3263")
 #: Keys that only mean something on a TLS module; written in a plain TCP module's own table they are errors.
 TLS_ONLY_KEYS: Final = frozenset(
     {"ca_file", "cert_file", "key_file", "insecure", "min_tls", "max_tls", "ciphers", "server_name"}
@@ -182,7 +192,9 @@ _LISTEN_IDLE_TIMEOUT: Final = 120.0
 #: Every key the config accepts, per section. "top" is the file's top level; "modules.NAME" is any module.
 KNOWN_KEYS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
     {
-        "top": frozenset({"defaults", "modules", "targets", "rtp", "listen", "exporter", "scheduler", "log"}),
+        "top": frozenset(
+            {"defaults", "modules", "targets", "rtp", "listen", "exporter", "scheduler", "log", "dns"}
+        ),
         "defaults": MODULE_KEYS,
         "modules.NAME": MODULE_KEYS,
         "targets": TARGET_KEYS,
@@ -191,6 +203,7 @@ KNOWN_KEYS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
         "exporter": frozenset({"listen", "probe_allow", "vantage"}),
         "scheduler": frozenset({"max_concurrency"}),
         "log": frozenset({"format", "level"}),
+        "dns": frozenset({"nameservers", "resolv_conf"}),
     }
 )
 
@@ -202,6 +215,7 @@ BUILTIN_LABELS: Final = frozenset(
         *("peer", "block", "direction", "result"),  # the RTP series'
         *("profile", "rule"),  # the profile policy series'
         "to",  # umprobe_listener_transitions_total
+        "step",  # umprobe_sip_resolution_step_info
     }
 )
 #: Modules that exist without being defined (a `[modules.NAME]` of the same name replaces one).
@@ -270,6 +284,7 @@ class ModuleConfig:
     from_domain: str | None
     thresholds: Thresholds = DEFAULT_THRESHOLDS  # up/down judgement (umprobe.updown, docs/thresholds.md)
     preset: str = "none"  # the `preset` the thresholds started from
+    resolution: Literal["a", "rfc3263"] = "a"  # how hosts become addresses (docs/resolution.md)
 
     @property
     def default_port(self) -> int:
@@ -277,9 +292,17 @@ class ModuleConfig:
         return self.port if self.port is not None else (5061 if self.transport == "tls" else 5060)
 
     def spec_for(
-        self, host: str, port: int, *, listener: str = "custom", uri_scheme: Literal["sip", "sips"] = "sip"
+        self,
+        host: str,
+        port: int,
+        *,
+        listener: str = "custom",
+        uri_scheme: Literal["sip", "sips"] = "sip",
+        port_given: bool = True,
     ) -> SipProbeSpec:
-        """The probe of one listener through this module (the daemon's probes and /probe's ad-hoc ones)."""
+        """The probe of one listener through this module (the daemon's probes and /probe's ad-hoc ones).
+        `port_given=False` (no port named anywhere): an RFC 3263 module lets NAPTR/SRV choose the ports."""
+        rfc3263 = self.resolution == "rfc3263"
         return SipProbeSpec(
             host=host,
             port=port,
@@ -291,6 +314,8 @@ class ModuleConfig:
             families=self.families,
             from_domain=self.from_domain,
             uri_scheme=uri_scheme,
+            resolution=self.resolution,
+            port_given=port_given or not rfc3263,
         )
 
 
@@ -352,6 +377,22 @@ class ExporterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DnsConfig:
+    """`[dns]`: the nameservers of `resolution = "rfc3263"` modules. Neither set: the system's resolv.conf."""
+
+    nameservers: tuple[tuple[str, int], ...] | None = None  # (address, port) pairs
+    resolv_conf: str | None = None  # a file in resolv.conf format (absolute path)
+
+    def describe(self) -> str:
+        """Where the lookups go, for `config check` and the status page."""
+        if self.nameservers is not None:
+            return "nameservers " + ", ".join(
+                f"[{a}]:{p}" if ":" in a else f"{a}:{p}" for a, p in self.nameservers
+            )
+        return f"the nameservers of {self.resolv_conf or '/etc/resolv.conf'}"
+
+
+@dataclass(frozen=True, slots=True)
 class SchedulerConfig:
     """`[scheduler]`: how many probes may run at once."""
 
@@ -406,6 +447,7 @@ class Config:
     log: LogConfig = LogConfig()
     rtp: tuple[RtpProbeConfig, ...] = ()  # the [[rtp]] entries
     listen: tuple[ListenConfig, ...] = ()  # the [[listen]] entries (inbound OPTIONS)
+    dns: DnsConfig = DnsConfig()  # [dns]: for the modules with resolution = "rfc3263"
 
     @property
     def jobs(self) -> tuple[ProbeConfig | RtpProbeConfig, ...]:
@@ -760,6 +802,8 @@ class _Reader:
             return self.integer(value, path, 1, _MAX_THRESHOLD, "a whole number of consecutive runs")
         if key == "preset":
             return self.choice(value, path, tuple(PRESETS))
+        if key == "resolution":
+            return self.choice(value, path, RESOLUTIONS)
         raise AssertionError(f"unhandled module key {key}")  # pragma: no cover
 
     def accept_status(self, value: object, path: KeyPath) -> frozenset[int]:
@@ -842,6 +886,7 @@ class _Builder:
             log=self._log(),
             rtp=tuple(rtp),
             listen=tuple(self._listen()),
+            dns=self._dns(),
         )
 
     # --- modules
@@ -879,7 +924,12 @@ class _Builder:
             layers[name] = self._module_layer(raw, ("modules", name), f"[modules.{name}]")
             self.user_modules.append(name)
         for name, own in layers.items():
-            merged = {**builtin, **defaults, **own}
+            inherited = defaults
+            if name not in self.user_modules and "resolution" in defaults:
+                # A built-in module (sip_tcp, sip_tls, sip_udp) always resolves A/AAAA; [defaults]'s
+                # resolution is for the user's modules (docs/configuration.md says so).
+                inherited = {k: v for k, v in defaults.items() if k != "resolution"}
+            merged = {**builtin, **inherited, **own}
             self.module_vals[name] = merged
             self.modules[name] = self._module(name, merged, own)
 
@@ -935,6 +985,7 @@ class _Builder:
             from_domain=opt("from_domain"),
             thresholds=_thresholds(vals),
             preset=str(vals["preset"].value) if "preset" in vals else "none",
+            resolution="rfc3263" if "resolution" in vals and vals["resolution"].value == "rfc3263" else "a",
         )
 
     def _check_timing(self, timeout: _Val, interval: _Val) -> None:
@@ -1042,8 +1093,18 @@ class _Builder:
                     r.fail((*path, key), "only applies to a target with a profile", table[key])
             module = self._module_ref(table, path, "module", None)
             port = r.port(table["port"], (*path, "port")) if "port" in table else None
+            given = port is not None or module.port is not None
             for host in hosts:
-                out.append(self._probe(host, name, module, port or module.default_port, "custom", True, None))
+                probe = self._probe(host, name, module, port or module.default_port, "custom", True, None)
+                if not given and module.resolution == "rfc3263":
+                    # NAPTR/SRV choose the ports: the probe's name and id name none ("host/tcp").
+                    probe = replace(
+                        probe,
+                        id=f"{host}|custom|{module.transport}|naptr|{module.name}",
+                        name=probe.name.rsplit(":", 1)[0] + f"/{module.transport}",
+                        spec=replace(probe.spec, port_given=False),
+                    )
+                out.append(probe)
         else:
             if "port" in table:
                 r.fail(
@@ -1091,12 +1152,19 @@ class _Builder:
             if any(spec.transport == "tls" for spec in listeners) or "tls_module" in table:
                 tls_module = self._module_ref(table, path, "tls_module", "tls")
             no_cert = tls_module is not None and (tls_module.tls is None or tls_module.tls.cert_file is None)
-            if get_profile(profile).requires_client_cert and no_cert:
+            profile_data = get_profile(profile)
+            policy_needs_cert = profile_data.policy is not None and profile_data.policy.client_cert_required
+            if (profile_data.requires_client_cert or policy_needs_cert) and no_cert:
                 assert tls_module is not None
+                why = (
+                    "the far end only talks mutual TLS"
+                    if profile_data.requires_client_cert
+                    else "its policy judges the client certificate of every TLS listener"
+                )
                 r.fail(
                     (*path, "tls_module" if "tls_module" in table else "profile"),
-                    f"profile {json.dumps(profile)} needs a TLS module with cert_file: the far end only"
-                    f" talks mutual TLS (module {json.dumps(tls_module.name)} has no client certificate)",
+                    f"profile {json.dumps(profile)} needs a TLS module with cert_file: {why}"
+                    f" (module {json.dumps(tls_module.name)} has no client certificate)",
                     table.get("tls_module", profile),
                 )
             for host in hosts:
@@ -1771,6 +1839,54 @@ class _Builder:
                 )
         return ExporterConfig(listen=listen, probe_allow=tuple(allow), vantage=vantage)
 
+    def _dns(self) -> DnsConfig:
+        """`[dns]`: nameservers or resolv_conf (not both), only where a module resolves by RFC 3263."""
+        from umprobe.net.rfc3263 import DnsClient, DnsConfigError, parse_nameserver  # dnspython: lazily
+
+        r = self.r
+        table = self._section("dns")
+        if not table:
+            return DnsConfig()
+        if not any(module.resolution == "rfc3263" for module in self.modules.values()):
+            key = next(iter(table))
+            r.fail(
+                ("dns", key),
+                'has no effect: no module has resolution = "rfc3263" (only those ask these nameservers)',
+                table[key],
+            )
+        if "nameservers" in table and "resolv_conf" in table:
+            r.fail(("dns", "resolv_conf"), "give nameservers or resolv_conf, not both", table["resolv_conf"])
+        if "nameservers" in table:
+            raw = table["nameservers"]
+            path: KeyPath = ("dns", "nameservers")
+            if not isinstance(raw, list) or not raw:
+                r.fail(
+                    path, 'must be a non-empty list like ["192.0.2.53", "127.0.0.1:5353", "[::1]:53"]', raw
+                )
+            servers: list[tuple[str, int]] = []
+            for item in raw:
+                if not isinstance(item, str):
+                    r.fail(path, f'{_render(item)} is not a string "ADDRESS[:PORT]"', raw)
+                try:
+                    server = parse_nameserver(item)
+                except ValueError:
+                    r.fail(
+                        path,
+                        f'{_render(item)} is not "IP", "IPv4:PORT" or "[IPv6]:PORT" (an address, not a name)',
+                        raw,
+                    )
+                if server in servers:
+                    r.fail(path, f"lists {_render(item)} twice", raw)
+                servers.append(server)
+            return DnsConfig(nameservers=tuple(servers))
+        resolv_conf = r.file_path(table["resolv_conf"], ("dns", "resolv_conf"))
+        if self.check_files:
+            try:
+                DnsClient(resolv_conf=resolv_conf)
+            except DnsConfigError as exc:
+                r.fail(("dns", "resolv_conf"), _one_line(str(exc)), table["resolv_conf"])
+        return DnsConfig(resolv_conf=resolv_conf)
+
     def _scheduler(self) -> SchedulerConfig:
         table = self._section("scheduler")
         if "max_concurrency" not in table:
@@ -1992,7 +2108,7 @@ def describe(config: Config) -> str:
                 probe.target,
                 listener,
                 probe.spec.transport,
-                str(probe.spec.port),
+                str(probe.spec.port) if probe.spec.port_given else "NAPTR/SRV",
                 probe.module,
                 _seconds_text(probe.interval),
                 _seconds_text(probe.timeout),
@@ -2000,6 +2116,15 @@ def describe(config: Config) -> str:
             )
         )
     lines = _table_lines(rows) if config.probes or not (config.rtp or config.listen) else []
+    rfc3263 = [probe for probe in config.probes if probe.spec.resolution == "rfc3263"]
+    if rfc3263:
+        modules = sorted({probe.module for probe in rfc3263})
+        lines += [
+            "",
+            f"resolution: RFC 3263 (NAPTR -> SRV -> A/AAAA) for {len(rfc3263)} probe"
+            f"{'s' if len(rfc3263) != 1 else ''} (module{'s' if len(modules) != 1 else ''}"
+            f" {', '.join(modules)}), asking {config.dns.describe()}; every other probe: A/AAAA",
+        ]
     if config.rtp:
         lines += ["", *_describe_rtp(config.rtp)] if lines else _describe_rtp(config.rtp)
     if config.listen:

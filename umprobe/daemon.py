@@ -35,6 +35,14 @@ exporter, each with its `InboundBook` in the store; an address that cannot be bo
 and the listeners are split between shards like probes). Options given on the command line (--listen,
 --log-format) win over the file, at start and on every reload.
 
+RFC 3263 resolution (`resolution = "rfc3263"` modules): one `DnsClient` per loaded config (`dns_client`,
+from `[dns]`, else the system's resolv.conf; none when no module uses it), built at start and at each
+successful reload and handed to every SIP run (scheduled and /probe) through `_DnsHolder`, so runs in
+flight keep the client they started with and the next run asks the new nameservers. An explicit `[dns]`
+that cannot be used any more (its resolv.conf gone) rejects the reload like an unreadable certificate; a
+system resolv.conf without nameservers leaves the client out, and each run then says why in its
+`dns_error` result.
+
 trio's nurseries raise exception groups; `run_daemon` unwraps a lone `UserError` (the exporter's "cannot
 listen on ...", a `ListenError`) so that the command line can print its one line (and exit 4 for it).
 
@@ -51,11 +59,11 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
@@ -68,14 +76,17 @@ from umprobe.net.errors import TLSConfigError
 from umprobe.net.tls import TLSClientConfig
 from umprobe.peer.sip_responder import serve_inbound
 from umprobe.probes.result import ProbeResult
-from umprobe.probes.sip_options import TLSContextCache
+from umprobe.probes.sip_options import SipProbeSpec, TLSContextCache
 from umprobe.probes.sip_options import probe as sip_probe
 from umprobe.scheduler import Job, Scheduler, tune_gc
 from umprobe.secretfile import log_exposed
 from umprobe.shard import ALL, Shard
 from umprobe.store import ResultStore
 
-__all__ = ["Daemon", "lone_user_error", "reload_config", "run_daemon", "tls_contexts"]
+if TYPE_CHECKING:
+    from umprobe.net.rfc3263 import DnsClient
+
+__all__ = ["Daemon", "dns_client", "lone_user_error", "reload_config", "run_daemon", "tls_contexts"]
 
 _log = logging.getLogger("umprobe.daemon")
 
@@ -117,6 +128,43 @@ def tls_contexts(jobs: Sequence[Job]) -> TLSContextCache:
             cache.context(tls)
             cache.client_cert(tls)
     return cache
+
+
+def dns_client(config: Config) -> DnsClient | None:
+    """The nameserver client of the config's RFC 3263 modules (`[dns]`, else the system's resolv.conf);
+    None when no module resolves by RFC 3263, or when the system's resolv.conf names no nameserver (each
+    run then reports that as its `dns_error`). Raises `ConfigError` when an explicit `[dns]` is unusable."""
+    if not any(module.resolution == "rfc3263" for module in config.modules.values()):
+        return None
+    from umprobe.net.rfc3263 import DnsClient, DnsConfigError  # dnspython: only when a module uses it
+
+    dns = config.dns
+    try:
+        if dns.nameservers is not None:
+            return DnsClient(dns.nameservers)
+        if dns.resolv_conf is not None:
+            return DnsClient(resolv_conf=dns.resolv_conf)
+        return DnsClient()
+    except DnsConfigError as exc:
+        if dns.nameservers is None and dns.resolv_conf is None:
+            _log.warning("no nameserver for RFC 3263 resolution: %s", exc)
+            return None
+        raise ConfigError(f"{config.source}: dns: {exc}", source=config.source) from None
+
+
+class _DnsHolder:
+    """The DNS client in force, read by every SIP run when it starts (a reload replaces `client`)."""
+
+    __slots__ = ("client",)
+
+    def __init__(self, client: DnsClient | None) -> None:
+        self.client = client
+
+    def probe(
+        self, spec: SipProbeSpec, *, deadline: float, contexts: TLSContextCache | None = None
+    ) -> Coroutine[Any, Any, Sequence[ProbeResult]]:
+        """`sip_options.probe` with the client in force (no extra coroutine: it returns probe's own)."""
+        return sip_probe(spec, deadline=deadline, contexts=contexts, dns=self.client)
 
 
 def reload_config(path: Path) -> Config:
@@ -172,6 +220,8 @@ class Daemon:
         self.vantage = vantage
         # [[listen]]: this shard's inbound OPTIONS listeners and their books (changes need a restart)
         self.inbound: tuple[tuple[ListenConfig, InboundBook], ...] = ()
+        # the RFC 3263 nameserver client of the config in force (from_config shares it with the scheduler)
+        self.dns = _DnsHolder(None)
 
     @classmethod
     def from_config(
@@ -196,7 +246,10 @@ class Daemon:
             contexts = tls_contexts(share.jobs)
         except TLSConfigError as exc:  # a file gone since load_config read it
             raise ConfigError(f"{config.source}: {exc}", source=config.source) from None
-        scheduler = Scheduler(store, max_concurrency=config.scheduler.max_concurrency, contexts=contexts)
+        dns = _DnsHolder(dns_client(config))
+        scheduler = Scheduler(
+            store, max_concurrency=config.scheduler.max_concurrency, contexts=contexts, probe_fn=dns.probe
+        )
         scheduler.update(share.jobs)
         inbound = tuple(
             (
@@ -225,6 +278,7 @@ class Daemon:
             vantage=vantage if vantage is not None else config.exporter.vantage,
         )
         daemon.inbound = inbound
+        daemon.dns = dns
         return daemon
 
     @property
@@ -238,7 +292,7 @@ class Daemon:
 
     async def run_probe(self, probe: ProbeConfig, deadline: float) -> Sequence[ProbeResult]:
         """One /probe run, with the TLS contexts in force (the certificates the last (re)load read)."""
-        return await sip_probe(probe.spec, deadline=deadline, contexts=self.scheduler.contexts)
+        return await self.dns.probe(probe.spec, deadline=deadline, contexts=self.scheduler.contexts)
 
     async def reload(self, source: str = "http") -> bool:
         """Re-read the config file; True if the new one is in force, False if it was rejected (logged)."""
@@ -250,6 +304,7 @@ class Daemon:
             new = self._load()
             share = _Share.of(new, self.shard)
             contexts = tls_contexts(share.jobs)
+            dns = dns_client(new)
         except (UserError, TLSConfigError) as exc:
             return self._reject(source, str(exc), None)
         except Exception as exc:  # a bug while loading must not take the running daemon down
@@ -259,6 +314,7 @@ class Daemon:
         # replaced or deleted without effect until the next successful reload.
         self.scheduler.contexts, previous = contexts, self.scheduler.contexts
         previous.clear()
+        self.dns.client = dns
         self.store.set_probes(share.probes)
         self.store.set_rtp(share.rtp)
         summary = self.scheduler.update(share.jobs)

@@ -763,10 +763,13 @@ def _make_probe_config(target: str, module: ModuleConfig, config: Config) -> Pro
             f"uses {module.transport}"
         )
     port = parsed.port or module.port or _DEFAULT_PORTS[module.transport]
+    given = parsed.port is not None or module.port is not None  # else an RFC 3263 module asks NAPTR/SRV
     configured = _index(config).probes.get((module.name, port, _norm_host(parsed.host)))
-    if configured is not None:
+    if configured is not None and (module.resolution == "a" or configured.spec.port_given == given):
         return configured
-    spec = module.spec_for(parsed.host, port, uri_scheme="sips" if parsed.scheme == "sips" else "sip")
+    spec = module.spec_for(
+        parsed.host, port, uri_scheme="sips" if parsed.scheme == "sips" else "sip", port_given=given
+    )
     return ProbeConfig(
         id=f"{parsed.host}|{spec.listener}|{spec.transport}|{port}|{module.name}",
         name=f"{_hostport(parsed.host, port)}/{spec.transport}",
@@ -838,13 +841,13 @@ def _render_status(store: ResultStore, get_config: Callable[[], Config]) -> str:
         if not results:
             out.append(f'<tr>{cells_probe}<td colspan="8" class="none">not run yet</td></tr>')
             continue
-        stats = {s.address: s for s in store.address_stats(probe.id)}
+        stats = {(s.address, s.port): s for s in store.address_stats(probe.id)}
         for r in results:
             verdict = '<td class="ok">ok</td>' if r.success else f'<td class="fail">{_e(r.reason.value)}</td>'
             total = "-" if r.timings.total is None else f"{r.timings.total * 1000:.1f} ms"
             out.append(
-                f"<tr>{cells_probe}<td>{_e(r.address or '-')}</td>{verdict}"
-                f"{_threshold_cell(probe, stats.get(r.address))}"
+                f"<tr>{cells_probe}<td>{_e(_address_cell(r))}</td>{verdict}"
+                f"{_threshold_cell(probe, stats.get((r.address, r.port)))}"
                 f"<td>{_e(r.phase.value if r.phase else '')}</td>"
                 f"<td>{_e(r.status_code if r.status_code is not None else '-')}</td>"
                 f"<td>{_e(total)}</td><td>{_e(_when(r))}</td><td>{_e(r.detail)}</td></tr>"
@@ -869,6 +872,13 @@ def _render_status(store: ResultStore, get_config: Callable[[], Config]) -> str:
         out += _rtp_section(store, entry)
     out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+def _address_cell(result: ProbeResult) -> str:
+    """The address of a result; for RFC 3263 resolution also its port and the step that found it."""
+    if result.step is None:
+        return result.address or "-"
+    return f"{_hostport(result.address, result.port)} ({result.step})"
 
 
 _POLICY_STATE = {True: ("ok", "compliant"), False: ("fail", "NOT compliant"), None: ("none", "not judged")}

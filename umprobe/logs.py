@@ -310,7 +310,7 @@ class ProbeStateLog:
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self._logger = logger or logging.getLogger(f"{LOGGER_NAME}.probe")
-        self._states: dict[str, dict[str, _State]] = {}
+        self._states: dict[str, dict[tuple[str, int], _State]] = {}  # by (address, port)
         self._errors: dict[str, str] = {}
         self.alarm = ResourceAlarm(logging.getLogger(LOGGER_NAME))
 
@@ -327,15 +327,15 @@ class ProbeStateLog:
         else:
             self.alarm.succeeded()
         known = self._states.setdefault(probe.id, {})
-        seen: dict[str, _State] = {r.address: known[r.address] for r in local if r.address in known}
+        seen = {(r.address, r.port): known[r.address, r.port] for r in local if (r.address, r.port) in known}
         # A name that stops resolving has one result without an address (dns_error) where it had one per
         # address, and a name that resolves again the other way round: that is a change of the probe's
         # state (compared with its best address before), not a first result, and no address is "gone".
-        whole = bool(known) and all(not r.address for r in results) != all(not a for a in known)
+        whole = bool(known) and all(not r.address for r in results) != all(not a for a, _ in known)
         for result in results:
             state: _State = (result.success, str(result.reason))
-            seen[result.address] = state
-            before = known.get(result.address)
+            seen[result.address, result.port] = state
+            before = known.get((result.address, result.port))
             if before is None and whole:
                 before = max(known.values())
             if before == state:
@@ -359,7 +359,7 @@ class ProbeStateLog:
                 detail=None if result.success else result.detail,
                 total_seconds=result.timings.total,
             )
-        for address in set() if whole else set(known) - set(seen):
+        for address, _port in set() if whole else set(known) - set(seen):
             log_event(
                 self._logger,
                 logging.INFO,

@@ -16,9 +16,11 @@ Two faces use it:
 Labels (ARCHITECTURE.md rule 6): every per-listener series carries `probe`, `target`, `address`, `port`,
 `transport`, `listener`, then `vantage` when the collector has one, then the target's extra labels from the
 config. All of these come from the configuration or from DNS answers for configured names, so they are
-bounded (`port` is the configured listener port, never a local or ephemeral one). Nothing the peer sends
-ever becomes a label value: no reason phrase, no Server header, no Call-ID, no cipher string. The only
-peer-influenced label value is the TLS `version`, one of a handful of protocol names. The config keeps
+bounded (`port` is the configured listener port, or for `resolution = "rfc3263"` the port an SRV record of
+a configured name gave; never a local or ephemeral one). Nothing the peer sends ever becomes a label
+value: no reason phrase, no Server header, no Call-ID, no cipher string. The only peer-influenced label
+value is the TLS `version`, one of a handful of protocol names (the RFC 3263 `step` is one of the five
+fixed `umprobe.net.rfc3263.STEPS`). The config keeps
 `probe` values unique; should two probes still share a label set, the collector keeps the first and logs.
 
 RTP peers (`[[rtp]]`) have series of their own, `umprobe_rtp_*`, labelled by *peer labels*: `peer` (the
@@ -141,6 +143,10 @@ _FAMILIES: dict[str, tuple[str, str]] = {
         "gauge",
         "When the last run of this listener started, unix seconds.",
     ),
+    "umprobe_sip_resolution_step_info": (
+        "gauge",
+        "How RFC 3263 resolution found this listener's address and port in the last run (value 1).",
+    ),
     # per listener of a target whose profile has a policy (umprobe.policy)
     "umprobe_policy_compliant": (
         "gauge",
@@ -153,6 +159,10 @@ _FAMILIES: dict[str, tuple[str, str]] = {
     # per listener, accumulated over all runs
     "umprobe_probe_runs_total": ("counter", "Runs of this listener (one per address per run)."),
     "umprobe_probe_failures_total": ("counter", "Failed runs of this listener, by reason."),
+    "umprobe_sip_retransmissions_total": (
+        "counter",
+        "SIP over UDP: OPTIONS requests re-sent to this listener per RFC 3261 Timer E, over all runs.",
+    ),
     # per listener, judged by the module's up/down thresholds (umprobe.updown)
     "umprobe_listener_up": (
         "gauge",
@@ -607,11 +617,16 @@ def _inbound_samples(families: _Sink, view: InboundView) -> None:
     families.add("umprobe_inbound_identities_evicted_total", listen, float(view.evicted))
 
 
-def listener_labels(probe: ProbeConfig, address: str, *, vantage: str | None = None) -> dict[str, str]:
-    """The label set of one listener (a probe on one address): `BASE_LABELS`, `vantage`, extra labels."""
+def listener_labels(
+    probe: ProbeConfig, address: str, *, vantage: str | None = None, port: int | None = None
+) -> dict[str, str]:
+    """The label set of one listener (a probe on one address and port): `BASE_LABELS`, `vantage`, extra
+    labels. `port` defaults to the configured one (what every result has unless NAPTR/SRV chose it)."""
     base = _probe_labels(probe, vantage)
     labels = {"probe": base.pop("probe"), "target": base.pop("target"), "address": address}
     labels.update(base)
+    if port is not None and port != probe.spec.port:
+        labels["port"] = str(port)
     return labels
 
 
@@ -662,6 +677,8 @@ def _listener_samples(
     ts = result.started_at.timestamp() if result.started_at is not None else fallback_ts
     if ts is not None:
         families.add("umprobe_probe_last_run_timestamp_seconds", labels, ts)
+    if result.step is not None:
+        families.add("umprobe_sip_resolution_step_info", labels, 1.0, ("step", result.step))
 
 
 def build_info_labels() -> dict[str, str]:
@@ -702,9 +719,9 @@ class UmprobeCollector(Collector):
         self._vantage = vantage or None
         self._build_info = build_info_labels()
         self._warned: set[str] = set()
-        # (probe id, address or None) -> (the ProbeConfig it was made for, its label set)
-        self._labels: dict[tuple[str, str | None], tuple[ProbeConfig, _LabelSet]] = {}
-        self._next_labels: dict[tuple[str, str | None], tuple[ProbeConfig, _LabelSet]] = {}
+        # (probe id, address or None, port) -> (the ProbeConfig it was made for, its label set)
+        self._labels: dict[tuple[str, str | None, int], tuple[ProbeConfig, _LabelSet]] = {}
+        self._next_labels: dict[tuple[str, str | None, int], tuple[ProbeConfig, _LabelSet]] = {}
 
     def collect(self) -> Iterator[Metric]:
         families = _Families()
@@ -743,24 +760,25 @@ class UmprobeCollector(Collector):
                 raise RuntimeError(f"families in two sections: {sorted(emitted & text.started)}")
             emitted |= text.started
 
-    def _listener_labels(self, probe: ProbeConfig, address: str | None) -> _LabelSet:
-        """The cached label set of `probe` on `address` (None: the probe labels, without `address`)."""
-        key = (probe.id, address)
+    def _listener_labels(self, probe: ProbeConfig, address: str | None, port: int) -> _LabelSet:
+        """The cached label set of `probe` on `address` and `port` (address None: the probe labels, without
+        `address`)."""
+        key = (probe.id, address, port)
         cached = self._labels.get(key)
         if cached is None or cached[0] is not probe:
             if address is None:
                 labels = _LabelSet(_probe_labels(probe, self._vantage))
             else:
-                labels = _LabelSet(listener_labels(probe, address, vantage=self._vantage))
+                labels = _LabelSet(listener_labels(probe, address, vantage=self._vantage, port=port))
             cached = (probe, labels)
         self._next_labels[key] = cached
         return cached[1]
 
-    def _labels_of(self, probe: ProbeConfig, address: str) -> _LabelSet:
-        """The label set `_take_rows` made for `probe` on `address`."""
-        cached = self._labels.get((probe.id, address))
+    def _labels_of(self, probe: ProbeConfig, address: str, port: int) -> _LabelSet:
+        """The label set `_take_rows` made for `probe` on `address` and `port`."""
+        cached = self._labels.get((probe.id, address, port))
         if cached is None or cached[0] is not probe:  # another scrape's `_take_rows` ran meanwhile
-            return _LabelSet(listener_labels(probe, address, vantage=self._vantage))
+            return _LabelSet(listener_labels(probe, address, vantage=self._vantage, port=port))
         return cached[1]
 
     def _take_rows(self, rows: list[_Row]) -> Iterator[None]:
@@ -774,7 +792,7 @@ class UmprobeCollector(Collector):
         for index, probe in enumerate(store.probes()):
             if index and index % _WALK_CHUNK == 0:
                 yield
-            labels = self._listener_labels(probe, None)
+            labels = self._listener_labels(probe, None, probe.spec.port)
             if labels.text in seen:
                 # Two probes with the same labels would make the whole page invalid; keep the first.
                 if probe.id not in self._warned:
@@ -786,8 +804,10 @@ class UmprobeCollector(Collector):
             seen.add(labels.text)
             results = store.latest(probe.id)
             stats = store.address_stats(probe.id)
-            for address in {result.address for result in results} | {s.address for s in stats}:
-                self._listener_labels(probe, address)
+            for address, port in {(r.address, r.port) for r in results} | {
+                (s.address, s.port) for s in stats
+            }:
+                self._listener_labels(probe, address, port)
             rows.append(_Row(probe, labels, results, store.recorded_at(probe.id), stats))
         # Label sets of probes and addresses not seen in this walk are dropped (reloads, stale addresses).
         self._labels, self._next_labels = self._next_labels, {}
@@ -799,7 +819,7 @@ class UmprobeCollector(Collector):
             if index and index % _WALK_CHUNK == 0:
                 yield
             for result in row.results:
-                labels = self._labels_of(row.probe, result.address)
+                labels = self._labels_of(row.probe, result.address, result.port)
                 _listener_samples(families, labels, result, fallback_ts=row.recorded)
                 if row.probe.profile is not None:
                     _policy_samples(families, labels, row.probe, result)
@@ -809,7 +829,7 @@ class UmprobeCollector(Collector):
             if index and index % _WALK_CHUNK == 0:
                 yield
             for stats in row.stats:
-                labels = self._labels_of(row.probe, stats.address)
+                labels = self._labels_of(row.probe, stats.address, stats.port)
                 families.add("umprobe_probe_runs_total", labels, float(stats.runs))
 
     def _failures_section(self, families: _Sink, rows: list[_Row]) -> Iterator[None]:
@@ -817,9 +837,20 @@ class UmprobeCollector(Collector):
             if index and index % _WALK_CHUNK == 0:
                 yield
             for stats in row.stats:
-                labels = self._labels_of(row.probe, stats.address)
+                labels = self._labels_of(row.probe, stats.address, stats.port)
                 counts = [(_REASON_TEXT[reason], float(count)) for reason, count in stats.failures]
                 families.add_many("umprobe_probe_failures_total", labels, "reason", counts)
+
+    def _retransmissions_section(self, families: _Sink, rows: list[_Row]) -> Iterator[None]:
+        for index, row in enumerate(rows):
+            if index and index % _WALK_CHUNK == 0:
+                yield
+            if row.probe.spec.transport != "udp":
+                continue
+            for stats in row.stats:
+                if stats.address:  # no address, nothing sent: the address-less key has no retransmissions
+                    labels = self._labels_of(row.probe, stats.address, stats.port)
+                    families.add("umprobe_sip_retransmissions_total", labels, float(stats.retransmissions))
 
     def _updown_section(self, families: _Sink, rows: list[_Row]) -> Iterator[None]:
         for index, row in enumerate(rows):
@@ -827,13 +858,13 @@ class UmprobeCollector(Collector):
                 yield
             for stats in row.stats:
                 if stats.state != "unknown":
-                    labels = self._labels_of(row.probe, stats.address)
+                    labels = self._labels_of(row.probe, stats.address, stats.port)
                     families.add("umprobe_listener_up", labels, 1.0 if stats.state == "up" else 0.0)
         for index, row in enumerate(rows):
             if index and index % _WALK_CHUNK == 0:
                 yield
             for stats in row.stats:
-                labels = self._labels_of(row.probe, stats.address)
+                labels = self._labels_of(row.probe, stats.address, stats.port)
                 for to, count in (("up", stats.up_transitions), ("down", stats.down_transitions)):
                     families.add("umprobe_listener_transitions_total", labels, float(count), ("to", to))
 
@@ -843,7 +874,7 @@ class UmprobeCollector(Collector):
                 yield
             for stats in row.stats:
                 if stats.address:  # no address, no SIP exchange: the address-less key has no histogram
-                    labels = self._labels_of(row.probe, stats.address)
+                    labels = self._labels_of(row.probe, stats.address, stats.port)
                     families.histogram("umprobe_sip_response_seconds", labels, stats.sip_response)
 
     def _interval_section(self, families: _Sink, rows: list[_Row]) -> Iterator[None]:
@@ -891,6 +922,7 @@ _SECTIONS: tuple[tuple[_Section, bool], ...] = (
     (UmprobeCollector._results_section, False),
     (UmprobeCollector._runs_section, True),
     (UmprobeCollector._failures_section, True),
+    (UmprobeCollector._retransmissions_section, True),
     (UmprobeCollector._updown_section, False),
     (UmprobeCollector._sip_response_section, True),
     (UmprobeCollector._interval_section, True),
@@ -962,7 +994,7 @@ def _probe_families(
     took.add_metric([], duration)
     families = _Families()
     for result in results:
-        labels = _LabelSet(listener_labels(config, result.address, vantage=vantage))
+        labels = _LabelSet(listener_labels(config, result.address, vantage=vantage, port=result.port))
         _listener_samples(families, labels, result, fallback_ts=None)
     return [success, took, *families.emit()]
 
@@ -974,7 +1006,8 @@ def _probe_text(
     holds the two together), written by `_TextFamilies` without a prometheus_client object per sample."""
     text = _TextFamilies()
     for result in results:
-        _listener_samples(text, _probe_label_set(config, result.address, vantage), result, fallback_ts=None)
+        labels = _probe_label_set(config, result.address, result.port, vantage)
+        _listener_samples(text, labels, result, fallback_ts=None)
     success = 1.0 if results and all(r.success for r in results) else 0.0
     page = [
         f"{_PROBE_HEADERS}probe_success {_value_text(success)}\n"
@@ -995,17 +1028,18 @@ _FAMILY_ORDER = {name: index for index, name in enumerate(_FAMILIES)}
 
 #: /probe label sets by (probe, address, vantage): /probe runs the same few probes again and again (the
 #: exporter keeps their `ProbeConfig`s). The probe is held, so its id is never another's while cached.
-_PROBE_LABELS: dict[tuple[int, str, str | None], tuple[ProbeConfig, _LabelSet]] = {}
+_PROBE_LABELS: dict[tuple[int, str, int, str | None], tuple[ProbeConfig, _LabelSet]] = {}
 _PROBE_LABELS_KEPT = 1024
 
 
-def _probe_label_set(config: ProbeConfig, address: str, vantage: str | None) -> _LabelSet:
-    key = (id(config), address, vantage)
+def _probe_label_set(config: ProbeConfig, address: str, port: int, vantage: str | None) -> _LabelSet:
+    key = (id(config), address, port, vantage)
     cached = _PROBE_LABELS.get(key)
     if cached is None or cached[0] is not config:
         if len(_PROBE_LABELS) >= _PROBE_LABELS_KEPT:
             _PROBE_LABELS.clear()
-        cached = _PROBE_LABELS[key] = (config, _LabelSet(listener_labels(config, address, vantage=vantage)))
+        labels = _LabelSet(listener_labels(config, address, vantage=vantage, port=port))
+        cached = _PROBE_LABELS[key] = (config, labels)
     return cached[1]
 
 
@@ -1047,6 +1081,8 @@ def describe_result(result: ProbeResult) -> list[str]:
     """A result as text lines: verdict, timings, SIP answer, TLS details, transcript (no file contents)."""
     where = result.address or "(no address)"
     lines = [f"== {result.listener} {result.transport} {where} port {result.port} ({result.family or '-'})"]
+    if result.step is not None:
+        lines.append(f"resolution: RFC 3263, step {result.step}")
     verdict = "OK" if result.success else f"FAILED: {result.reason.value}"
     if result.phase is not None:
         verdict += f" in phase {result.phase.value}"
@@ -1120,6 +1156,11 @@ def _settings(config: ProbeConfig, timeout: float | None) -> list[str]:
         f"accept_status: {', '.join(str(c) for c in sorted(spec.accept_status))}",
         f"server_name: {spec.server_name or '-'}",
         f"from_domain: {spec.from_domain or '-'}",
+        *(
+            [f"resolution: rfc3263 ({'port given' if spec.port_given else 'ports from NAPTR/SRV'})"]
+            if spec.resolution == "rfc3263"
+            else []
+        ),
         f"timeout used: {'-' if timeout is None else f'{timeout:.3f} s'}"
         f" (module timeout {config.timeout:g} s)",
     ]

@@ -39,12 +39,17 @@ Failures are data: the probe function returns results for every network or peer 
 raises is ours (an unusable local TLS file, or a bug): it is logged once per probe and message and
 recorded as nothing, so one bad probe never stops the other 9,999. A probe function that overruns its
 deadline by more than `OVERRUN_GRACE` seconds is cancelled and logged the same way. That guard is a
-watchdog task per run, not a second deadline: when the event loop falls behind (a starved CPU), a run's own
-deadline and a guard deadline would expire in the same loop pass, the outer guard would win, and the run
-would vanish from the counters with a false "overran" although the probe was about to report its own
-timeout. The watchdog wakes at the deadline and then counts the grace in short ticks, each counted for at
-most twice its length however late it comes, so a lagging loop gives a run more loop passes to finish,
-never fewer.
+watchdog, not a second deadline: when the event loop falls behind (a starved CPU), a run's own deadline and
+a guard deadline would expire in the same loop pass, the outer guard would win, and the run would vanish
+from the counters with a false "overran" although the probe was about to report its own timeout. The
+watchdog starts at the deadline and then counts the grace in short ticks, each counted for at most twice
+its length however late it comes, so a lagging loop gives a run more loop passes to finish, never fewer.
+Nearly every run ends long before its deadline, so the watchdog is not a task from the start: each run puts
+its deadline in a second heap of the timer loop (a push, and a flag when the run ends), the loop also wakes
+for the earliest deadline of a run still in flight, and only then starts the ticking task for that run. (A
+task per run that slept until the deadline and was cancelled when the run ended cost ~60-80 us of CPU per
+run, a few per cent of a TCP probe.) A run that ends while the loop sleeps until its deadline moves that
+wake-up to the next slot or deadline, so a finished run never wakes the loop.
 
 Two kinds of job, one timetable. A job is a `ProbeConfig` (one SIP listener, `[[targets]]`) or an
 `RtpProbeConfig` (one echo peer's RTP range, `[[rtp]]`); both carry `id`, `name`, `target`, `interval`
@@ -194,6 +199,16 @@ class _Entry:
     runs: int = 0
 
 
+@dataclass(eq=False, slots=True)
+class _Watch:
+    """The overrun guard of one run in flight (see "Failures are data" above)."""
+
+    guard: trio.CancelScope  # cancelled once the run has overrun `deadline` by OVERRUN_GRACE
+    deadline: float
+    ended: bool = False
+    ticks: trio.CancelScope | None = None  # the watchdog task's scope, once the deadline passed mid-run
+
+
 @dataclass(order=True, slots=True)
 class _Slot:
     due: float
@@ -235,6 +250,8 @@ class Scheduler:
         self._retired: dict[str, _Entry] = {}  # removed, but a run is still in flight
         self._heap: list[_Slot] = []
         self._seq = 0
+        self._watches: list[tuple[float, int, _Watch]] = []  # by deadline: the runs' overrun guards
+        self._sleep: trio.CancelScope | None = None  # the timer loop's wait, while it waits
         self._epoch: float | None = None  # trio time of unix time 0, set when run() starts
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()
@@ -354,6 +371,7 @@ class Scheduler:
             now = trio.current_time()
             self._epoch = now - self._wall_clock()
             self._heap.clear()
+            self._watches.clear()
             for entry in self._entries.values():
                 entry.generation += 1
                 self._schedule(entry, after=now)
@@ -375,13 +393,12 @@ class Scheduler:
         fired = 0
         while True:
             slot = self._peek()
-            if slot is None:
-                await self._wait_for_change(math.inf)
-                continue
             now = trio.current_time()
-            if slot.due > now:
+            if self._watches and self._watches[0][0] <= now:
+                self._start_watchdogs(now)
+            if slot is None or slot.due > now:
                 fired = 0
-                await self._wait_for_change(slot.due)
+                await self._wait_for_change(self._next_wake(slot))
                 continue
             heapq.heappop(self._heap)
             self._fire(slot.entry, slot.due, now)
@@ -401,10 +418,50 @@ class Scheduler:
         return None
 
     async def _wait_for_change(self, until: float) -> None:
-        with trio.move_on_at(until):
-            await self._changed.wait()
+        with trio.move_on_at(until) as self._sleep:
+            try:
+                await self._changed.wait()
+            finally:
+                self._sleep = None
         if self._changed.is_set():
             self._changed = trio.Event()
+
+    def _next_wake(self, slot: _Slot | None) -> float:
+        """When the timer loop must wake: the earliest of `slot` and the deadlines of runs still in flight."""
+        watches = self._watches
+        while watches and watches[0][2].ended:
+            heapq.heappop(watches)
+        due = slot.due if slot is not None else math.inf
+        return min(due, watches[0][0]) if watches else due
+
+    def _watch(self, guard: trio.CancelScope, deadline: float) -> _Watch:
+        """Arm the overrun guard of a run that starts now (see "Failures are data" above)."""
+        watch = _Watch(guard, deadline)
+        self._seq += 1
+        heapq.heappush(self._watches, (deadline, self._seq, watch))
+        sleep = self._sleep
+        if sleep is not None and deadline < sleep.deadline:
+            sleep.deadline = deadline  # the timer loop waits for something later: wake it for this one
+        return watch
+
+    def _unwatch(self, watch: _Watch) -> None:
+        """The run ended: stop its watchdog, and a wait of the timer loop for its deadline alone."""
+        watch.ended = True
+        if watch.ticks is not None:
+            watch.ticks.cancel()
+        sleep = self._sleep
+        if sleep is not None and sleep.deadline == watch.deadline:
+            sleep.deadline = self._next_wake(self._peek())
+
+    def _start_watchdogs(self, now: float) -> None:
+        """Start the watchdog task of every run still in flight whose deadline has come."""
+        assert self._nursery is not None
+        watches = self._watches
+        while watches and watches[0][0] <= now:
+            _, _, watch = heapq.heappop(watches)
+            if not watch.ended:
+                watch.ticks = trio.CancelScope()
+                self._nursery.start_soon(_overrun_watchdog, watch.guard, watch.ticks)
 
     def _schedule(self, entry: _Entry, *, after: float) -> None:
         """Push the first slot of `entry` strictly later than `after` on its grid."""
@@ -450,7 +507,7 @@ class Scheduler:
             entry.skip_streak = 0
         entry.running = True
         assert self._nursery is not None
-        self._nursery.start_soon(self._run_one, entry, probe, due, self._nursery, name=f"probe {probe.id}")
+        self._nursery.start_soon(self._run_one, entry, probe, due, name=f"probe {probe.id}")
 
     def cycle_of(self, probe: RtpProbeConfig, planned: float) -> int:
         """The sweep cycle an RTP run planned for trio time `planned` (one of its slots) measures: k mod
@@ -459,17 +516,27 @@ class Scheduler:
         slot = round((planned - self._epoch) / probe.interval - phase_fraction(probe.id))
         return slot % probe.cycles_per_sweep
 
-    async def _run_one(self, entry: _Entry, probe: Job, planned: float, nursery: trio.Nursery) -> None:
+    async def _run_one(self, entry: _Entry, probe: Job, planned: float) -> None:
         record: Callable[[], None] | None = None
+        limiter = self._limiter
         try:
-            async with self._limiter:
+            # `async with limiter`, less its schedule point when a token is free and nobody waits for one
+            # (acquire_nowait queues behind waiters as acquire does): the run's task has just started, and
+            # the probe function's first call is a checkpoint anyway.
+            try:
+                limiter.acquire_nowait()
+            except trio.WouldBlock:
+                await limiter.acquire()
+            try:
                 start = trio.current_time()
                 self._store.observe_lag(max(0.0, start - planned))
                 self._store.probe_started()
                 try:
-                    record = await self._call_probe(probe, start + probe.timeout, planned, nursery)
+                    record = await self._call_probe(probe, start + probe.timeout, planned)
                 finally:
                     self._store.probe_finished()
+            finally:
+                limiter.release()
         finally:
             entry.running = False
             if self._retired.get(probe.id) is entry:
@@ -488,17 +555,13 @@ class Scheduler:
         if record is not None:
             record()
 
-    async def _call_probe(
-        self, probe: Job, deadline: float, planned: float, nursery: trio.Nursery
-    ) -> Callable[[], None] | None:
-        """Run the job's probe function; return how to record its result (None: nothing to record).
-        `nursery` (the scheduler's; it outlives the run) holds the run's overrun watchdog."""
+    async def _call_probe(self, probe: Job, deadline: float, planned: float) -> Callable[[], None] | None:
+        """Run the job's probe function; return how to record its result (None: nothing to record)."""
         error: str
         bug: BaseException | None = None
         try:
             with trio.CancelScope() as guard:
-                watchdog = trio.CancelScope()
-                nursery.start_soon(_overrun_watchdog, guard, watchdog, deadline)
+                watch = self._watch(guard, deadline)
                 try:
                     if isinstance(probe, RtpProbeConfig):
                         cycle = self.cycle_of(probe, planned)
@@ -509,7 +572,7 @@ class Scheduler:
                     results = await self._probe_fn(probe.spec, deadline=deadline, contexts=self._contexts)
                     return partial(self._record_sip, probe, results)
                 finally:
-                    watchdog.cancel()
+                    self._unwatch(watch)
             error = f"probe function overran its deadline by more than {OVERRUN_GRACE:g}s and was cancelled"
         except TLSConfigError as exc:
             error = str(exc)
@@ -535,12 +598,11 @@ class Scheduler:
         self._rtp_states.observe(probe, result)
 
 
-async def _overrun_watchdog(guard: trio.CancelScope, watchdog: trio.CancelScope, deadline: float) -> None:
-    """Cancel `guard` once the run has had `OVERRUN_GRACE` seconds of a responsive loop after `deadline`
-    (see the module docstring: a late tick counts as at most two ticks, so the loop's own lateness is never
-    taken for the run's overrun). Cancelling `watchdog` (the run ended) ends it."""
+async def _overrun_watchdog(guard: trio.CancelScope, watchdog: trio.CancelScope) -> None:
+    """Started at the run's deadline: cancel `guard` once the run has had `OVERRUN_GRACE` seconds of a
+    responsive loop since (see the module docstring: a late tick counts as at most two ticks, so the loop's
+    own lateness is never taken for the run's overrun). Cancelling `watchdog` (the run ended) ends it."""
     with watchdog:
-        await trio.sleep_until(deadline)
         counted = 0.0
         while counted < OVERRUN_GRACE:
             before = trio.current_time()

@@ -8,8 +8,10 @@ thread, so there is no locking; the read side hands out frozen snapshots (`Addre
 `HistogramSnapshot`) so the renderers never see half an update.
 
 State is kept per probe id (`ProbeConfig.id`) and, for counters and the SIP response-time histogram, per
-(probe id, address): a host that resolves to two addresses is two listeners to watch (PROTOCOL.md §2).
-Results without an address (`dns_error`: the name did not resolve) are kept under the address "".
+(probe id, address, port): a host that resolves to two addresses is two listeners to watch (PROTOCOL.md §2),
+and so is one address on two SRV ports (`resolution = "rfc3263"`). The port is the result's: the configured
+port, except for addresses NAPTR/SRV found. Results without an address (`dns_error`: the name did not
+resolve) are kept under the address "" and the configured port.
 
 * `set_probes` (at start and after every reload) keeps the state of every id that is still configured (its
   `ProbeConfig` is replaced by the new one) and forgets the ids that are gone, so their series disappear
@@ -20,13 +22,14 @@ Results without an address (`dns_error`: the name did not resolve) are kept unde
   `dns_error`). The address-less key is created by `set_probes` for every probe of a host *name*, with
   `dns_error` at 0; the key of an IP-literal host is created by `set_probes` too, since its address is known
   before the first run.
-* Every (probe id, address) also keeps its up/down state by the probe's thresholds (`umprobe.updown.UpDown`,
-  docs/thresholds.md), fed by `record` with each result except `local_resource_error` (our host, not the
-  target); `record` returns the state changes for the daemon's log, and `AddressStats` carries the state,
-  the consecutive counts and the transitions for /metrics and the status page.
-* Addresses come and go with DNS. The state of an address that has not appeared in `STALE_RUNS`
-  consecutive runs of its probe is dropped, so a round-robin name cannot grow the series without bound. Keys
-  created by `set_probes` are never dropped.
+* Every (probe id, address, port) also keeps its up/down state by the probe's thresholds
+  (`umprobe.updown.UpDown`, docs/thresholds.md), fed by `record` with each result except
+  `local_resource_error` (our host, not the target); `record` returns the state changes for the daemon's
+  log, and `AddressStats` carries the state, the consecutive counts and the transitions for /metrics and
+  the status page.
+* Addresses (and SRV ports) come and go with DNS. The state of an (address, port) that has not appeared in
+  `STALE_RUNS` consecutive runs of its probe is dropped, so a round-robin name cannot grow the series
+  without bound. Keys created by `set_probes` are never dropped.
 
 RTP peers (`[[rtp]]`, `RtpProbeConfig`) have their own table, installed by `set_rtp` with the same rules
 (ids still configured keep their state, the others are forgotten) and written by `record_rtp`. Per peer:
@@ -153,7 +156,8 @@ class HistogramSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class AddressStats:
-    """Counters of one (probe id, address): runs, failures by reason, and the SIP response-time histogram."""
+    """Counters of one (probe id, address, port): runs, failures by reason, the SIP response-time histogram,
+    the up/down state and, over UDP, the requests re-sent (Timer E) across runs."""
 
     address: str
     runs: int
@@ -164,6 +168,8 @@ class AddressStats:
     down_transitions: int = 0
     consecutive_failures: int = 0
     consecutive_successes: int = 0
+    port: int = 0  # the listener's port (the configured one, or the SRV record's)
+    retransmissions: int = 0  # SIP over UDP: requests re-sent per Timer E, over every run
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +180,7 @@ class ThresholdChange:
     previous: State
     state: State
     consecutive: int  # the run of failures (down) or successes (up) that made the change
+    port: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +259,7 @@ class _AddressState:
     runs: int = 0
     failures: dict[Reason, int] = field(default_factory=dict)
     sip: _Histogram = field(default_factory=lambda: _Histogram(SIP_RESPONSE_BUCKETS))
+    retransmissions: int = 0
     last_seen_run: int = 0
     pinned: bool = False  # created by set_probes: never dropped as stale
     updown: UpDown = field(default_factory=UpDown)
@@ -265,7 +273,7 @@ class _ProbeState:
     last_failure: tuple[ProbeResult, ...] = ()
     recorded_at: float | None = None
     runs: int = 0
-    addresses: dict[str, _AddressState] = field(default_factory=dict)
+    addresses: dict[tuple[str, int], _AddressState] = field(default_factory=dict)  # by (address, port)
 
 
 @dataclass(slots=True)
@@ -325,10 +333,10 @@ class ResultStore:
                 state = _ProbeState(config=config)
             state.config = config
             literal = _literal_address(config.spec.host)
-            pinned_key = literal if literal is not None else ""
+            pinned_key = (literal if literal is not None else "", config.spec.port)
             pinned = state.addresses.get(pinned_key)
             if pinned is None:
-                state.addresses[pinned_key] = _new_address_state(pinned_key, pinned=True)
+                state.addresses[pinned_key] = _new_address_state(pinned_key[0], pinned=True)
             else:
                 pinned.pinned = True
             new[config.id] = state
@@ -348,9 +356,10 @@ class ResultStore:
         if any(not r.success for r in results):
             state.last_failure = tuple(r for r in results if not r.success)
         for result in results:
-            address = state.addresses.get(result.address)
+            key = (result.address, result.port)
+            address = state.addresses.get(key)
             if address is None:
-                address = state.addresses[result.address] = _new_address_state(result.address)
+                address = state.addresses[key] = _new_address_state(result.address)
             address.runs += 1
             address.last_seen_run = state.runs
             address.snapshot = None
@@ -358,6 +367,8 @@ class ResultStore:
                 address.failures[result.reason] = address.failures.get(result.reason, 0) + 1
             if result.status_code is not None and result.timings.sip is not None:
                 address.sip.observe(result.timings.sip)
+            if result.retransmissions:
+                address.retransmissions += result.retransmissions
             if result.reason is not Reason.LOCAL_RESOURCE_ERROR:
                 updown = address.updown
                 updown.thresholds = probe.thresholds
@@ -365,7 +376,7 @@ class ResultStore:
                 moved = updown.feed(result.success)
                 if moved is not None:
                     run = updown.successes if moved == "up" else updown.failures
-                    changes.append(ThresholdChange(result.address, previous, moved, run))
+                    changes.append(ThresholdChange(result.address, previous, moved, run, result.port))
         for key in [
             key
             for key, address in state.addresses.items()
@@ -462,7 +473,7 @@ class ResultStore:
         return state.recorded_at if state else None
 
     def address_stats(self, probe_id: str) -> tuple[AddressStats, ...]:
-        """Counters and histogram of every address of the probe, address-less key ("") first."""
+        """Counters and histogram of every (address, port) of the probe, address-less key ("") first."""
         state = self._probes.get(probe_id)
         if state is None:
             return ()
@@ -531,10 +542,11 @@ class ResultStore:
         return ReloadStatus(self._reload_successful, self._last_reload_success, self._last_reload_error)
 
 
-def _address_stats(address: str, state: _AddressState) -> AddressStats:
+def _address_stats(key: tuple[str, int], state: _AddressState) -> AddressStats:
     """The frozen snapshot of one address's counters, made again only after `record` changed them."""
     snapshot = state.snapshot
     if snapshot is None:
+        address, port = key
         failures = tuple((r, state.failures[r]) for r in _reason_order(state.failures))
         ud = state.updown
         snapshot = state.snapshot = AddressStats(
@@ -547,6 +559,8 @@ def _address_stats(address: str, state: _AddressState) -> AddressStats:
             ud.down_transitions,
             ud.failures,
             ud.successes,
+            port,
+            state.retransmissions,
         )
     return snapshot
 

@@ -660,13 +660,18 @@ class HostilePeer:
 
 
 def socket_inodes(pid: int | str = "self") -> set[str]:
-    """The sockets a process holds open right now (`socket:[inode]` links in /proc/PID/fd)."""
+    """The sockets a process holds open right now (`socket:[inode]` links in /proc/PID/fd); for this
+    process, less the one umprobe keeps open for its life (`umprobe.net.stamping.kept_sockets`)."""
     found: set[str] = set()
     for fd in _listdir(f"/proc/{pid}/fd"):
         with contextlib.suppress(OSError):
             link = os.readlink(f"/proc/{pid}/fd/{fd}")
             if link.startswith("socket:"):
                 found.add(link)
+    if pid == "self":
+        from umprobe.net.stamping import kept_sockets  # this module also runs alone, as the peer
+
+        found -= {f"socket:[{os.fstat(kept.fileno()).st_ino}]" for kept in kept_sockets()}
     return found
 
 

@@ -12,6 +12,11 @@ Facts this relies on (Kamailio 5.6.3, OpenSSL 3.0; see the lab's README in the f
 - `method = TLSv1.2` means 1.2 only; `TLSv1.2+` means 1.2 or newer.
 - `is_method()` needs textops, so the route compares `method == "OPTIONS"`.
 - Run with `-DD -E` (foreground, log to stderr) and core dumps off (a crash writes a large core file).
+
+The renderers are shared by every Kamailio the lab runs: the core settings, module list and one tls.cfg
+section per TLS listener are the same everywhere; what differs is the `request_route` (`route=`: the
+default answers every OPTIONS 200, tests/lab/kamailio_msproxy.py's judges the client certificate) and the
+`Server` header.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from tests.lab.sipclient import exchange_options
 
 __all__ = [
     "EXCHANGE_SERVER_HEADER",
+    "OPTIONS_200_ROUTE",
     "CertPair",
     "KamailioInstance",
     "Listener",
@@ -40,7 +46,19 @@ __all__ = [
 
 EXCHANGE_SERVER_HEADER = "RTCC/5.0.0.0 MSExchangeUM/15.01.2507.017"
 
-CertChoice = Literal["good", "expired", "wrong_name", "rsa"]
+#: Kamailio's server certificate for a TLS listener, by name: a key of the instance's `server_certs`
+#: (tests/lab/pki.py's are "good", "expired", "wrong_name" and "rsa").
+CertChoice = str
+
+#: The default route: OPTIONS get 200, everything else 501.
+OPTIONS_200_ROUTE = """request_route {
+    if (method == "OPTIONS") {
+        sl_send_reply("200", "OK");
+        exit;
+    }
+    sl_send_reply("501", "Not Implemented");
+}
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +68,7 @@ class TlsPolicy:
     require_client_cert: bool = True
     method: str = "TLSv1.2+"
     server_cert: CertChoice = "good"
+    cipher_list: str | None = None  # OpenSSL's TLS 1.2 suites for this listener; None: Kamailio's default
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +132,11 @@ def render_kamailio_cfg(
     module_dir: Path,
     tls_cfg: Path,
     server_header: str = EXCHANGE_SERVER_HEADER,
+    route: str = OPTIONS_200_ROUTE,
+    modules: Sequence[str] = (),
 ) -> str:
+    """kamailio.cfg: the lab's core settings, one `listen=` per listener, the modules (the lab's five and
+    `modules`, e.g. "textops.so" for `append_to_reply`) and `route`."""
     listeners = list(listeners)
     lines = [
         "#!KAMAILIO",
@@ -138,15 +161,10 @@ def render_kamailio_cfg(
         'loadmodule "siputils.so"',
         'loadmodule "xlog.so"',
         'loadmodule "pv.so"',
+        *(f"loadmodule {_quote(module)}" for module in modules),
         f'modparam("tls", "config", {_quote(str(tls_cfg))})',
         "",
-        "request_route {",
-        '    if (method == "OPTIONS") {',
-        '        sl_send_reply("200", "OK");',
-        "        exit;",
-        "    }",
-        '    sl_send_reply("501", "Not Implemented");',
-        "}",
+        route.strip("\n"),
         "",
     ]
     return "\n".join(lines)
@@ -162,6 +180,7 @@ def _tls_section(header: str, policy: TlsPolicy, cert: CertPair, ca_file: Path) 
         f"certificate = {cert.cert_file}",
         f"private_key = {cert.key_file}",
         f"ca_list = {ca_file}",
+        *([f"cipher_list = {policy.cipher_list}"] if policy.cipher_list else []),
         "",
     ]
 
@@ -193,6 +212,9 @@ class KamailioInstance:
         server_certs: Mapping[str, CertPair],
         ca_file: Path,
         name: str = "kamailio",
+        route: str = OPTIONS_200_ROUTE,
+        server_header: str = EXCHANGE_SERVER_HEADER,
+        modules: Sequence[str] = (),
     ) -> None:
         names = [li.name for li in listeners]
         if len(set(names)) != len(names):
@@ -206,7 +228,14 @@ class KamailioInstance:
         self.tls_cfg_path = workdir / f"{name}-tls.cfg"
         self.tls_cfg_path.write_text(render_tls_cfg(listeners, server_certs=server_certs, ca_file=ca_file))
         self.cfg_path.write_text(
-            render_kamailio_cfg(listeners, module_dir=module_dir, tls_cfg=self.tls_cfg_path)
+            render_kamailio_cfg(
+                listeners,
+                module_dir=module_dir,
+                tls_cfg=self.tls_cfg_path,
+                server_header=server_header,
+                route=route,
+                modules=modules,
+            )
         )
         self.process = LabProcess(
             name,

@@ -82,3 +82,25 @@ async def test_connect_errors_match_open_tcp() -> None:
                 await opener(ResolvedAddress("127.0.0.1", "ipv4"), port)
             details.append(refused.value.detail)
         assert details == [f"connection to 127.0.0.1:{port} refused"] * 2
+
+
+async def test_a_connect_complete_at_once_is_still_a_checkpoint() -> None:
+    # On loopback the kernel completes the handshake inside connect(): open_lean_tcp takes the connection
+    # without waiting for writability, and is still a cancel point and a schedule point.
+    with trio.fail_after(10):
+        listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+        port = listener.socket.getsockname()[1]
+        async with listener:
+            with trio.testing.assert_checkpoints():
+                client = await open_lean_tcp(ResolvedAddress("127.0.0.1", "ipv4"), port)
+            server = await listener.accept()
+            assert client.socket.getpeername() == ("127.0.0.1", port)
+            assert client.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            await client.send_all(b"ping")
+            assert await server.receive_some(10) == b"ping"
+            await client.aclose()
+            await server.aclose()
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                with pytest.raises(trio.Cancelled):
+                    await open_lean_tcp(ResolvedAddress("127.0.0.1", "ipv4"), port)

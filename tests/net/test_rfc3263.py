@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import dns.flags
@@ -642,3 +643,51 @@ def test_dns_client_configuration(tmp_path: Path) -> None:
         DnsClient([])
     with pytest.raises(DnsConfigError, match="bad nameserver"):
         DnsClient([("dns.test", 53)])
+
+
+# -- the SIP probe on RFC 3263 targets: what goes on the wire -------------------------------------------
+
+
+async def test_probe_sends_the_domain_uri_without_the_srv_port() -> None:
+    """RFC 3263 §4: the request goes to the URI as given (`sip:DOMAIN`), sent to the SRV target's address
+    and port; with a port named in the target, the Request-URI keeps it."""
+    from umprobe.probes.sip_options import SipProbeSpec, probe
+
+    lines: list[str] = []
+
+    async def answer(stream: trio.SocketStream) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = await stream.receive_some()
+            if not chunk:
+                return
+            data += chunk
+        head = data.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
+        lines.append(head[0])
+        keep = [h for h in head[1:] if h.split(":", 1)[0].lower() in ("via", "from", "call-id", "cseq")]
+        to = next(h for h in head[1:] if h.lower().startswith("to:")) + ";tag=x"
+        reply = "\r\n".join(["SIP/2.0 200 OK", *keep, to, "Content-Length: 0", "", ""])
+        await stream.send_all(reply.encode())
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            (listener,) = await nursery.start(partial(trio.serve_tcp, answer, 0, host="127.0.0.1"))
+            port = listener.socket.getsockname()[1]
+            dns = FakeDns(
+                {
+                    ("sip.example.test", "NAPTR"): [naptr(10, 10, "SIP+D2T", "_sip._tcp.sip.example.test")],
+                    ("_sip._tcp.sip.example.test", "SRV"): [srv(10, 0, port, "a.example.test")],
+                    ("a.example.test", "A"): ["127.0.0.1"],
+                }
+            )
+            spec = SipProbeSpec(host="sip.example.test", port=5060, resolution="rfc3263", port_given=False)
+            (result,) = await probe(spec, deadline=trio.current_time() + 5, dns=dns)
+            assert (result.success, result.port, result.step) == (True, port, "naptr"), result.detail
+            named = SipProbeSpec(host="127.0.0.1", port=port, resolution="rfc3263")
+            (literal,) = await probe(named, deadline=trio.current_time() + 5, dns=dns)
+            assert (literal.success, literal.step) == (True, "literal"), literal.detail
+            nursery.cancel_scope.cancel()
+    assert lines == [
+        "OPTIONS sip:sip.example.test;transport=tcp SIP/2.0",
+        f"OPTIONS sip:127.0.0.1:{port};transport=tcp SIP/2.0",
+    ]

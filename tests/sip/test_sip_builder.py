@@ -308,3 +308,12 @@ def test_bad_user_agent(bad: str) -> None:
 def test_token_must_return_a_sip_token(bad: str) -> None:
     with pytest.raises(LocalProtocolError, match="token"):
         build_options(**example_kwargs(token=lambda n: bad))
+
+
+def test_no_target_port_leaves_it_out_of_the_request_uri() -> None:
+    plain = build_options(**example_kwargs(target_port=None))
+    assert plain.request_uri == "sip:cas01.contoso.local;transport=tcp"
+    assert plain.raw.decode().startswith("OPTIONS sip:cas01.contoso.local;transport=tcp SIP/2.0\r\n")
+    assert "\r\nTo: <sip:cas01.contoso.local;transport=tcp>\r\n" in plain.raw.decode()
+    secure = build_options(**example_kwargs(transport="tls", target_port=None, uri_scheme="sips"))
+    assert secure.request_uri == "sips:cas01.contoso.local"

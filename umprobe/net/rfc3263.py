@@ -585,6 +585,8 @@ class DnsClient:
                 ]
         except dns.resolver.NoResolverConfiguration as exc:
             raise DnsConfigError(f"no usable nameserver in {resolv_conf}: {exc}") from None
+        except ValueError as exc:  # a `nameserver` line that is not an IP address
+            raise DnsConfigError(f"{resolv_conf}: {exc}") from None
         resolver.cache = None
         self._resolver = resolver
         self._backend = dns.asyncbackend.get_backend("trio")

@@ -23,9 +23,11 @@ import contextlib
 import errno
 import os
 import socket
+import time
 
 import trio
 
+from umprobe.media import rxstamp
 from umprobe.net.errors import (
     LOCAL_RESOURCE_ERRNOS,
     ConnectError,
@@ -34,6 +36,7 @@ from umprobe.net.errors import (
     LocalResourceError,
 )
 from umprobe.net.resolve import ResolvedAddress
+from umprobe.net.stamping import stamp_arrivals, syn_rtt
 
 _RECEIVE_SIZE = 65536  # trio.SocketStream's default
 
@@ -59,8 +62,24 @@ async def open_tcp(address: ResolvedAddress, port: int) -> trio.SocketStream:
 
 
 async def open_lean_tcp(address: ResolvedAddress, port: int) -> LeanSocketStream:
-    """`open_tcp`, returning a :class:`LeanSocketStream` (what a probe's one connection uses)."""
-    return LeanSocketStream(*await _connect(address, port))
+    """`open_tcp`, returning a :class:`LeanSocketStream` (what a probe's one connection uses), with the
+    kernel's arrival stamps on where it offers them and the kernel's handshake time in `syn_rtt`."""
+    sock, raw = await _connect(address, port)
+    stream = LeanSocketStream(sock, raw, nodelay_set=True, stamped=stamp_arrivals(raw))
+    stream.syn_rtt = syn_rtt(raw)
+    return stream
+
+
+def _trio_time_of(unix: float | None) -> float | None:
+    """A kernel arrival stamp (Unix seconds) on trio's clock, or None: none given, or one that lies in the
+    future or more than a minute back (the wall clock was stepped between the stamp and now)."""
+    if unix is None:
+        return None
+    now = trio.current_time()
+    age = time.time() - unix
+    if not 0.0 <= age < 60.0:
+        return None
+    return now - age
 
 
 async def _connect(address: ResolvedAddress, port: int) -> tuple[trio.socket.SocketType, socket.socket]:
@@ -95,7 +114,12 @@ async def _connect(address: ResolvedAddress, port: int) -> tuple[trio.socket.Soc
 
 async def _socket_connect(sock: trio.socket.SocketType, raw: socket.socket, address: tuple[str, int]) -> None:
     """``await sock.connect(address)``, done as trio does it for an address that needs no lookup, minus
-    its per-call wrappers; any other address goes to trio."""
+    its per-call wrappers; any other address goes to trio.
+
+    A connection that is complete when ``connect`` returns ``EINPROGRESS`` (on loopback the kernel has
+    done the whole handshake by then) is taken as it is (``getpeername`` answers), without registering the
+    socket with the event loop and a trip through it only to hear that it is writable; the call is still
+    a checkpoint."""
     try:
         socket.inet_pton(raw.family, address[0])
     except OSError:  # e.g. an IPv6 literal with a zone: trio asks getaddrinfo for the scope id
@@ -105,7 +129,13 @@ async def _socket_connect(sock: trio.socket.SocketType, raw: socket.socket, addr
     try:
         raw.connect(address)
     except BlockingIOError:
-        pass
+        try:
+            raw.getpeername()
+        except OSError:  # ENOTCONN: still in progress (or failed: SO_ERROR below says how)
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
     except BaseException:
         await trio.lowlevel.cancel_shielded_checkpoint()
         raise
@@ -140,12 +170,26 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
     (trio's adds another after the call). A TLS probe makes a dozen such calls.
     """
 
-    def __init__(self, sock: trio.socket.SocketType, raw: socket.socket) -> None:
+    def __init__(
+        self,
+        sock: trio.socket.SocketType,
+        raw: socket.socket,
+        *,
+        nodelay_set: bool = False,
+        stamped: bool = False,
+    ) -> None:
         self.socket = sock
         self._raw = raw  # the stdlib socket `sock` wraps (non-blocking)
         self._sending = False
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        #: `stamped`: the kernel stamps arrivals on this socket (`umprobe.net.stamping`); each receive then
+        #: sets `arrived_at`, the arrival of the last segment it read, on trio's clock.
+        self._stamped = stamped
+        self.arrived_at: float | None = None
+        #: The kernel's SYN to SYN-ACK time (`stamping.syn_rtt`), set by `open_lean_tcp`; None if unknown.
+        self.syn_rtt: float | None = None
+        if not nodelay_set:  # `_connect` sets it before connecting: a syscall less per probe
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         if hasattr(socket, "TCP_NOTSENT_LOWAT"):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, 2**14)
@@ -214,7 +258,11 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
         waited = False
         while True:
             try:
-                data = self._raw.recv(max_bytes)
+                if self._stamped:
+                    data, ancdata, _flags, _address = self._raw.recvmsg(max_bytes, rxstamp.ANCILLARY_SIZE)
+                    self.arrived_at = _trio_time_of(rxstamp.unix_from_ancillary(ancdata))
+                else:
+                    data = self._raw.recv(max_bytes)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self._raw)
                 waited = True

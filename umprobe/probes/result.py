@@ -117,3 +117,7 @@ class ProbeResult:
     insecure: bool = False
     started_at: datetime | None = None
     transcript: tuple[TranscriptEntry, ...] = field(default=(), repr=False)
+    # How the address was found when the probe resolves by RFC 3263 (`resolution = "rfc3263"`): one of
+    # `umprobe.net.rfc3263.STEPS` ("naptr", "srv", "a", "literal", "explicit_port"); None for plain A/AAAA
+    # resolution and for a result without an address.
+    step: str | None = None

@@ -8,6 +8,14 @@ over). Each address gets a fresh TCP connection, so the phases are measured cold
 
     resolve -> connect -> tls (only for transport "tls") -> sip (request written .. final response arrived)
 
+With `SipProbeSpec.resolution == "rfc3263"` the host is resolved the way RFC 3263 §4 tells a SIP client to
+(`umprobe.net.rfc3263`: NAPTR -> SRV -> A/AAAA, for the spec's transport only; no NAPTR/SRV when the port
+was named, `port_given`, or the host is an IP literal) with the caller's `dns` client and deadline. Every
+resolved (address, port) is probed as its own listener on that port, with `spec.host`, the SIP domain, kept
+as the Request-URI host and as the name TLS sends (SNI) and verifies (RFC 5922 §4: the domain, not the SRV
+target); each result carries the resolution `step` that found its address. No target at all is one
+address-less `dns_error` result with the resolution's one-line reason.
+
 Transport "udp" sends the request as one datagram from a connected socket and retransmits it per RFC 3261
 Timer E (`_exchange_udp`); its connect phase is 0.0 (nothing is sent to connect).
 
@@ -27,9 +35,9 @@ response has been read over it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import trio
 from OpenSSL import SSL
@@ -44,7 +52,7 @@ from umprobe.net.errors import (
     TLSError,
 )
 from umprobe.net.resolve import ResolvedAddress, ip_literal, resolve
-from umprobe.net.tcp import TCPStream, open_lean_tcp
+from umprobe.net.tcp import LeanSocketStream, TCPStream, open_lean_tcp
 from umprobe.net.tls import CertInfo, TLSClientConfig, TLSInfo, TLSStream, load_cert_info, make_client_context
 from umprobe.net.udp import UDPSocket, open_udp
 from umprobe.probes.result import Phase, ProbeResult, Reason, Timings, TranscriptEntry
@@ -60,9 +68,13 @@ from umprobe.sip import (
 )
 from umprobe.sip.datagram import T1, next_timer_e, parse_datagram, timer_f
 
+if TYPE_CHECKING:
+    from umprobe.net.rfc3263 import DnsLookup
+
 __all__ = ["SipProbeSpec", "TLSContextCache", "probe"]
 
 _RECV_CHUNK = 16384
+_RESOLVE_GUARD = 0.25  # seconds past the deadline before an RFC 3263 resolution is cut short (a bug guard)
 _TRANSCRIPT_TEXT_CAP = 4096
 
 
@@ -84,6 +96,11 @@ class SipProbeSpec:
     # without userinfo instead of umprobe@local-address; None keeps the default shape.
     contact_host: str | None = None
     contact_port: int | None = None
+    # "a": the host's A/AAAA records via getaddrinfo (the default). "rfc3263": NAPTR -> SRV -> A/AAAA per
+    # RFC 3263 §4 (umprobe.net.rfc3263); then `port_given=False` says no port was named, so NAPTR/SRV
+    # choose the ports and `port` is only the A/AAAA fallback's (the transport's default).
+    resolution: Literal["a", "rfc3263"] = "a"
+    port_given: bool = True
 
     @property
     def verify_name(self) -> str:
@@ -139,6 +156,7 @@ class _Run:
     received: int = 0  # bytes of SIP received (plaintext)
     partial: int = 0  # bytes of an incomplete message buffered when the exchange ended
     retransmissions: int = 0  # UDP only: requests re-sent per Timer E
+    syn_rtt: float | None = None  # TCP: the kernel's SYN to SYN-ACK time, when it has one to trust
 
     def note(self, kind: str, text: str) -> None:
         if len(text) > _TRANSCRIPT_TEXT_CAP:
@@ -151,11 +169,14 @@ async def probe(
     *,
     deadline: float,
     contexts: TLSContextCache | None = None,
+    dns: DnsLookup | None = None,
 ) -> list[ProbeResult]:
     """Probe every address of `spec.host`; return one result per address (one `dns_error` result if none).
 
     `deadline` is absolute, in `trio.current_time()` units. Raises `TLSConfigError` for unusable local TLS
-    files (our configuration, not the peer's fault); every peer or network failure is a result.
+    files (our configuration, not the peer's fault); every peer or network failure is a result. `dns` is
+    the nameserver client of `resolution = "rfc3263"` (`umprobe.net.rfc3263.DnsClient`, built once per
+    configuration; None: the system's resolv.conf, read for this call); plain A/AAAA resolution ignores it.
     """
     contexts = contexts or _DEFAULT_CACHE
     ctx: SSL.Context | None = None
@@ -166,6 +187,8 @@ async def probe(
         client_cert = contexts.client_cert(tls_config)
     started_at = datetime.now(UTC)
     start = trio.current_time()
+    if spec.resolution == "rfc3263":
+        return await _probe_rfc3263(spec, deadline, dns, ctx, client_cert, started_at, start)
     addresses: list[ResolvedAddress] = []
     error = ""
     reason = Reason.DNS_ERROR
@@ -215,6 +238,70 @@ async def probe(
     return [r for r in results if r is not None]
 
 
+async def _probe_rfc3263(
+    spec: SipProbeSpec,
+    deadline: float,
+    dns: DnsLookup | None,
+    ctx: SSL.Context | None,
+    client_cert: CertInfo | None,
+    started_at: datetime,
+    start: float,
+) -> list[ProbeResult]:
+    """`probe` for `resolution = "rfc3263"`: every resolved (address, port) is a listener of its own."""
+    from umprobe.net.rfc3263 import resolve_sip  # dnspython: only for the probes that use it
+
+    # resolve_sip returns by the deadline with what it found (every query runs under it), which says more
+    # than a cancellation would ("2 DNS queries timed out, first NAPTR ..."): the scope here is only a guard.
+    # As in `probe`, an IP literal asks no one, so it is not held to the deadline.
+    literal = ip_literal(spec.host) is not None
+    resolution = None
+    with trio.move_on_at(math.inf if literal else deadline + _RESOLVE_GUARD):
+        resolution = await resolve_sip(
+            spec.host,
+            deadline=deadline,
+            port=spec.port if spec.port_given else None,
+            scheme="sips" if spec.uri_scheme == "sips" and spec.transport == "tls" else "sip",
+            transports=(spec.transport,),
+            families=spec.families,
+            dns_client=dns,
+        )
+    resolve_s = trio.current_time() - start
+    if resolution is None or not resolution.targets:
+        detail = (
+            resolution.detail or f"{spec.host} has no address"
+            if resolution is not None
+            else f"name resolution of {spec.host} did not finish before the deadline"
+        )
+        return [
+            _result(
+                spec,
+                None,
+                _Run(start=start, phase=Phase.RESOLVE),
+                Reason.DNS_ERROR,
+                detail,
+                Timings(resolve=resolve_s, total=resolve_s),
+                client_cert=client_cert,
+                started_at=started_at,
+            )
+        ]
+    # The SIP domain stays the host (Request-URI, SNI, the name verified); only the port is the SRV one.
+    plan = [
+        (spec if t.port == spec.port else replace(spec, port=t.port), t.as_address(), t.step)
+        for t in resolution.targets
+    ]
+    results: list[ProbeResult | None] = [None] * len(plan)
+
+    async def one(i: int, one_spec: SipProbeSpec, address: ResolvedAddress, step: str) -> None:
+        results[i] = await _probe_address(
+            one_spec, address, ctx, deadline, start, resolve_s, client_cert, started_at, step
+        )
+
+    async with trio.open_nursery() as nursery:
+        for i, (one_spec, address, step) in enumerate(plan):
+            nursery.start_soon(one, i, one_spec, address, step)
+    return [r for r in results if r is not None]
+
+
 async def _probe_address(
     spec: SipProbeSpec,
     address: ResolvedAddress,
@@ -224,6 +311,7 @@ async def _probe_address(
     resolve_s: float,
     client_cert: CertInfo | None,
     started_at: datetime,
+    step: str | None = None,
 ) -> ProbeResult:
     run = _Run(start=start)
     run.marks["connect"] = trio.current_time()
@@ -252,7 +340,7 @@ async def _probe_address(
         run.note("error", detail)
     timings = _timings(run, resolve_s, end)
     return _result(
-        spec, address, run, reason, detail, timings, client_cert=client_cert, started_at=started_at
+        spec, address, run, reason, detail, timings, client_cert=client_cert, started_at=started_at, step=step
     )
 
 
@@ -265,6 +353,7 @@ async def _exchange(
     stream: trio.abc.Stream = TCPStream(tcp, _hostport(address.address, spec.port))
     try:
         run.marks["connected"] = trio.current_time()
+        run.syn_rtt = tcp.syn_rtt
         local_host, local_port = tcp.socket.getsockname()[:2]
         local_host = local_host.split("%", 1)[0]  # a link-local zone id has no place in a SIP URI
         run.note(
@@ -291,7 +380,7 @@ async def _exchange(
         run.phase = Phase.SIP
         request = build_options(
             target_host=spec.host,
-            target_port=spec.port,
+            target_port=spec.port if spec.port_given else None,
             transport=spec.transport,
             local_host=local_host,
             local_port=local_port,
@@ -303,7 +392,7 @@ async def _exchange(
         run.note("send", request.raw.decode("utf-8", "replace"))
         run.marks["sip_start"] = trio.current_time()
         await stream.send_all(request.raw)
-        final = await _await_final(stream, ClientTransaction(request), run)  # marks "sip_done"
+        final = await _await_final(stream, ClientTransaction(request), run, tcp)  # marks "sip_done"
         run.response = final
         if is_healthy(final.status_code, spec.accept_status):
             return Reason.OK, f"{final.status_code} {final.reason}".strip()
@@ -335,7 +424,7 @@ async def _exchange_udp(spec: SipProbeSpec, address: ResolvedAddress, run: _Run)
         run.phase = Phase.SIP
         request = build_options(
             target_host=spec.host,
-            target_port=spec.port,
+            target_port=spec.port if spec.port_given else None,
             transport="udp",
             local_host=local_host,
             local_port=local_port,
@@ -402,13 +491,19 @@ async def _await_final_udp(
             run.note("info", f"ignored a message that does not match our request: {why}")
 
 
-async def _await_final(stream: trio.abc.Stream, tx: ClientTransaction, run: _Run) -> Response:
+async def _await_final(
+    stream: trio.abc.Stream, tx: ClientTransaction, run: _Run, tcp: LeanSocketStream | None = None
+) -> Response:
     """Read until the first final response that matches `tx`.
 
     A peer that closes the connection before that is `ConnectionClosed`, also when it closes in the middle
     of a message: the bytes it did send were acceptable SIP so far, so the failure is the close, not the
     framing (a parser error would blame the peer's syntax). Bytes that are not SIP are RemoteProtocolError
     at once, without waiting for more or for the deadline.
+
+    The arrival of the completing bytes is the kernel's stamp of the last segment `tcp` read (under TLS the
+    record carrying the response's end), when the kernel stamps that socket: time the process took to wake
+    up and run is not the peer's.
     """
     parser = StreamParser()
     try:
@@ -424,6 +519,9 @@ async def _await_final(stream: trio.abc.Stream, tx: ClientTransaction, run: _Run
             # The sip phase ends when the bytes completing the final response arrived: parsing them and
             # writing the transcript is our time, not the peer's (bench/timing.py: ~0.2 ms on loopback).
             arrived = trio.current_time()
+            stamp = tcp.arrived_at if tcp is not None else None
+            if stamp is not None and run.marks["sip_start"] <= stamp <= arrived:
+                arrived = stamp
             parser.feed(bytes(data))
             while True:
                 message = parser.next_message()
@@ -514,9 +612,12 @@ def _timings(run: _Run, resolve_s: float, end: float) -> Timings:
             return None
         return m.get(b, end) - m[a]
 
+    connect = (m["connected"] - m["connect"]) if "connected" in m else span("connect", "connected")
+    if run.syn_rtt is not None and connect is not None and run.syn_rtt <= connect:
+        connect = run.syn_rtt  # the kernel's SYN to SYN-ACK: the handshake without our wake-up and set-up
     return Timings(
         resolve=resolve_s,
-        connect=(m["connected"] - m["connect"]) if "connected" in m else span("connect", "connected"),
+        connect=connect,
         tls=(m["tls_done"] - m["connected"]) if "tls_done" in m else None,
         sip=span("sip_start", "sip_done"),
         total=end - run.start,
@@ -533,6 +634,7 @@ def _result(
     *,
     client_cert: CertInfo | None,
     started_at: datetime,
+    step: str | None = None,
 ) -> ProbeResult:
     response = run.response
     return ProbeResult(
@@ -561,6 +663,7 @@ def _result(
         insecure=bool(spec.transport == "tls" and spec.tls and spec.tls.insecure),
         started_at=started_at,
         transcript=tuple(run.transcript),
+        step=step,
     )
 
 

@@ -112,7 +112,7 @@ def _fresh_token(token: Callable[[int], str], nbytes: int, what: str) -> str:
 def build_options(
     *,
     target_host: str,
-    target_port: int,
+    target_port: int | None,
     transport: Literal["tcp", "tls", "udp"],
     local_host: str,
     local_port: int,
@@ -129,6 +129,8 @@ def build_options(
 
     The branch is ``z9hG4bK`` + token(8) (64 random bits, §8.1.1.7), the From tag token(4) (32 bits, §19.3)
     and the Call-ID token(8) ``@`` from_domain (§8.1.1.4); from_domain defaults to local_host.
+    `target_port` None leaves the port out of the Request-URI (a SIP domain whose servers RFC 3263 found:
+    the request goes to the URI as the user gave it, RFC 3263 §4).
     Raises LocalProtocolError on invalid arguments.
     """
     if transport not in ("tcp", "tls", "udp"):
@@ -140,7 +142,8 @@ def build_options(
     _, target = format_host(target_host, what="target_host")
     sent_by_host, local = format_host(local_host, what="local_host")
     _, domain = format_host(local_host if from_domain is None else from_domain, what="from_domain")
-    _check_port(target_port, "target_port")
+    if target_port is not None:
+        _check_port(target_port, "target_port")
     _check_port(local_port, "local_port")
     contact_at = f"umprobe@{local}:{local_port}"
     if contact_host is not None:
@@ -161,11 +164,12 @@ def build_options(
         call_id = f"{_fresh_token(token, 8, 'Call-ID')}@{domain}"
 
     # §19.1.1: sip:host:port;transport=... ; Exchange's own pings use exactly this shape.
+    hostport = target if target_port is None else f"{target}:{target_port}"
     if uri_scheme == "sips":
-        request_uri = f"sips:{target}:{target_port}"
+        request_uri = f"sips:{hostport}"
         contact_uri = f"sips:{contact_at}"
     else:
-        request_uri = f"sip:{target}:{target_port};transport={transport}"
+        request_uri = f"sip:{hostport};transport={transport}"
         contact_uri = f"sip:{contact_at};transport={transport}"
     via_transport = transport.upper()
     lines = [
