@@ -10,6 +10,8 @@ import json
 import logging
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 from functools import partial
@@ -45,6 +47,7 @@ from umprobe.net.errors import ConnectionClosed
 from umprobe.net.tls import TLSClientConfig, make_server_context
 from umprobe.peer.echo_peer import PeerConfig, SipListen, serve_echo_peer
 from umprobe.peer.sip_responder import (
+    ResponderStats,
     handle_sip_connection,
     serve_inbound,
     serve_sip_responder,
@@ -479,6 +482,28 @@ async def test_responder_records_tcp_callers_by_source_address(nursery: trio.Nur
     (caller,) = b.view(T0).identities
     assert (caller.identity, caller.kind, caller.total) == ("127.0.0.1", "address", 3)
     assert caller.from_host == "um01.lab.test" and caller.interval is not None
+
+
+async def test_responder_survives_a_client_that_resets_the_connection(nursery: trio.Nursery) -> None:
+    """A client that sends half a request and resets the connection (SO_LINGER 0: RST, no FIN) is that
+    client's failure: the responder counts an error and keeps answering the next caller."""
+    b = InboundBook("reset-test", started_at=T0)
+    stats = ResponderStats()
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    await nursery.start(partial(serve_sip_responder, listeners, inbound=b, stats=stats))
+    for _ in range(3):
+        client = trio.socket.socket()
+        await client.connect(("127.0.0.1", port))
+        await client.send(b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1;branch=z9hG4bKx\r\n")
+        await trio.sleep(0.05)  # the responder is now waiting for the rest of the request
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+    with trio.fail_after(5):
+        while stats.errors < 3:  # noqa: ASYNC110 - a plain counter
+            await trio.sleep(0.005)
+    await options(port)  # the responder still answers
+    await recorded(b, 1)
 
 
 async def test_responder_records_tls_callers_by_certificate(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import subprocess
 import sys
 import time
 
@@ -149,3 +150,19 @@ def test_the_keeper_is_the_only_socket_kept() -> None:
         assert f"socket:[{os.fstat(probe_socket.fileno()).st_ino}]" in socket_inodes()
     finally:
         probe_socket.close()
+
+
+def test_the_keeper_is_closed_at_exit_without_a_warning() -> None:
+    code = (
+        "import socket\n"
+        "from umprobe.net import stamping\n"
+        "s = socket.socket()\n"
+        "print(stamping.stamp_arrivals(s), len(stamping.kept_sockets()))\n"
+        "s.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-X", "dev", "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == (["True", "1"] if LINUX else ["False", "0"])
+    assert "unclosed" not in done.stderr and "ResourceWarning" not in done.stderr, done.stderr

@@ -19,6 +19,7 @@ does not include the time the process took to wake up.
 
 from __future__ import annotations
 
+import atexit
 import socket
 import struct
 import sys
@@ -54,6 +55,7 @@ def _keep_stamping_on(option: int) -> None:
         keeper.close()
         return
     _KEEPER.append(keeper)
+    atexit.register(keeper.close)  # closed, not collected, at exit: no "unclosed socket" warning
 
 
 def kept_sockets() -> tuple[socket.socket, ...]:

@@ -127,7 +127,9 @@ async def handle_sip_connection(
                 else:
                     reply = build_response(message, 501, "Not Implemented", to_tag=secrets.token_hex(4))
                 await stream.send_all(reply)
-    except (NetError, SipError):
+    except (NetError, SipError, trio.BrokenResourceError):
+        # BrokenResourceError: a plain TCP client reset the connection (trio's SocketStream says so; TLSStream
+        # says NetError). One client's failure, never the server's.
         stats.errors += 1
     finally:
         with trio.CancelScope(shield=True):
