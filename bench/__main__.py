@@ -26,26 +26,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench._common import BenchResult, Goal, Options, Row
+from bench._common import BenchResult, Goal, Options, Row, missing_message
 from bench._lab import tool_version
 
 BENCHMARKS = ("cpu", "scale", "timing", "rtp", "startup")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 DEFAULT_ROUNDS = 5
-
-#: Where a binary comes from, for the "needs X (apt install Y)" line.
-PACKAGES = {
-    "kamailio": "kamailio kamailio-tls-modules",
-    "prometheus-blackbox-exporter": "prometheus-blackbox-exporter",
-    "sipp": "sip-tester",
-    "sipsak": "sipsak",
-    "socat": "socat",
-    "tshark": "tshark",
-    "ip": "iproute2",
-    "nft": "nftables",
-    "prometheus": "prometheus",
-    "promtool": "prometheus",
-}
 
 #: Peer binaries whose versions go into the machine facts: (name, argv).
 VERSION_COMMANDS = (
@@ -55,8 +41,6 @@ VERSION_COMMANDS = (
     ("sipsak", ("sipsak", "--version")),
     ("tshark", ("tshark", "--version")),
 )
-
-_SEARCH_PATH = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"
 
 EPILOG = """\
 what it does:
@@ -122,26 +106,6 @@ def load(name: str) -> Loaded:
     if not callable(getattr(module, "run", None)):
         return Loaded(name, module, f"bench/{name}.py has no run(opts) function")
     return Loaded(name, module)
-
-
-def which(binary: str) -> str | None:
-    return shutil.which(binary, path=_SEARCH_PATH)
-
-
-def missing_message(needs: Sequence[str]) -> str | None:
-    """'needs X, Y (apt install P Q)' for the binaries of `needs` that are not installed, else None."""
-    missing = [b for b in needs if which(b) is None]
-    if not missing:
-        return None
-    packages: list[str] = []
-    for binary in missing:
-        for package in PACKAGES.get(binary, binary).split():
-            if package not in packages:
-                packages.append(package)
-    return (
-        f"needs {', '.join(missing)} (apt install {' '.join(packages)}; "
-        "or scripts/install-test-peers as root installs every lab peer)"
-    )
 
 
 # -- running ------------------------------------------------------------------------------------------------

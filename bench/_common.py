@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import resource
+import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -16,17 +17,59 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
+    "PACKAGES",
+    "SEARCH_PATH",
     "BenchResult",
     "Goal",
     "Options",
     "Row",
     "Stopwatch",
     "median",
+    "missing_message",
     "percentile",
     "proc_cpu_seconds",
     "rss_bytes",
     "self_cpu_seconds",
+    "which",
 ]
+
+
+#: Where a binary comes from, for the "needs X (apt install Y)" line.
+PACKAGES = {
+    "kamailio": "kamailio kamailio-tls-modules",
+    "prometheus-blackbox-exporter": "prometheus-blackbox-exporter",
+    "sipp": "sip-tester",
+    "sipsak": "sipsak",
+    "socat": "socat",
+    "tshark": "tshark",
+    "ip": "iproute2",
+    "nft": "nftables",
+    "prometheus": "prometheus",
+    "promtool": "prometheus",
+}
+
+#: PATH plus the sbin directories (`ip` and `nft` live there; a non-root PATH may lack them).
+SEARCH_PATH = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"
+
+
+def which(binary: str) -> str | None:
+    return shutil.which(binary, path=SEARCH_PATH)
+
+
+def missing_message(needs: Sequence[str]) -> str | None:
+    """'needs X, Y (apt install P Q)' for the binaries of `needs` that are not installed, else None."""
+    missing = [b for b in needs if which(b) is None]
+    if not missing:
+        return None
+    packages: list[str] = []
+    for binary in missing:
+        for package in PACKAGES.get(binary, binary).split():
+            if package not in packages:
+                packages.append(package)
+    return (
+        f"needs {', '.join(missing)} (apt install {' '.join(packages)}; "
+        "or scripts/install-test-peers as root installs every lab peer)"
+    )
 
 
 @dataclass(frozen=True, slots=True)

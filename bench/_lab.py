@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import secrets
 import sys
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
+from bench._common import which
 from tests.lab.kamailio import CertPair, KamailioInstance, Listener
 from tests.lab.ports import allocate_port
 from tests.lab.proc import LabProcess, LabStartError, require_binary
@@ -56,7 +56,6 @@ __all__ = [
 REPO = Path(__file__).resolve().parent.parent
 SERVER_NAMES = ("localhost", "127.0.0.1", "::1", "um.lab.test")
 CLIENT_NAME = "probe.lab.test"
-_SEARCH_PATH = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"
 _T = TypeVar("_T")
 
 
@@ -227,10 +226,9 @@ class UmprobeDaemon(_Service):
 
 def tool_version(argv: Sequence[str]) -> str:
     """The version a tool prints (the first x.y[.z] in its output), "not installed", or "unknown"."""
-    import shutil
     import subprocess
 
-    path = shutil.which(argv[0], path=_SEARCH_PATH)
+    path = which(argv[0])
     if path is None:
         return "not installed"
     try:

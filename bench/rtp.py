@@ -37,8 +37,8 @@ from pathlib import Path
 
 import trio
 
-from bench._common import BenchResult, Goal, Options, Row, median, percentile
-from bench.timing import Capture, epoch_ns, missing
+from bench._common import BenchResult, Goal, Options, Row, median, missing_message, percentile
+from bench.timing import Capture, epoch_ns
 from tests.lab.netns import NetNamespace, sweep_stale_namespaces
 from tests.lab.proc import LabProcess
 from umprobe.media import sampling
@@ -68,7 +68,7 @@ class _Lab:
 
 def run(opts: Options) -> BenchResult:
     result = BenchResult(name="rtp", title=TITLE)
-    need = missing(NEEDS)
+    need = missing_message(NEEDS)
     if need is not None:
         result.error = need
         return result

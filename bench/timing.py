@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -38,7 +37,7 @@ from typing import Literal
 
 import trio
 
-from bench._common import BenchResult, Goal, Options, Row, median, percentile
+from bench._common import BenchResult, Goal, Options, Row, median, missing_message, percentile, which
 from tests.lab.kamailio import KamailioInstance, Listener, TlsPolicy
 from tests.lab.netns import NetNamespace, sweep_stale_namespaces
 from tests.lab.pki import build_lab_pki
@@ -52,13 +51,6 @@ NEEDS: tuple[str, ...] = ("kamailio", "sipp", "tshark", "ip")
 WIRE = "kernel timestamps (tshark)"
 GOAL_MS = 1.0
 
-_PACKAGES = {
-    "kamailio": "kamailio kamailio-tls-modules",
-    "sipp": "sip-tester",
-    "tshark": "tshark",
-    "ip": "iproute2",
-    "nft": "nftables",
-}
 _SIPP_DELAY_MS = 200
 _WARMUP = 5
 _LOCAL = re.compile(r"^connected to \S+ from (?P<host>\S+):(?P<port>\d+)$")
@@ -66,18 +58,6 @@ _LOCAL = re.compile(r"^connected to \S+ from (?P<host>\S+):(?P<port>\d+)$")
 
 # ---------------------------------------------------------------------------------------------- helpers
 # (bench/rtp.py uses these too)
-
-
-def which(name: str) -> str | None:
-    return shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
-
-
-def missing(needs: Sequence[str]) -> str | None:
-    """ "needs X (apt install Y)" for the first binary that is not installed, else None."""
-    for name in needs:
-        if which(name) is None:
-            return f"needs {name} (apt install {_PACKAGES.get(name, name)})"
-    return None
 
 
 def ms(seconds: float | None) -> float | None:
@@ -101,7 +81,7 @@ class Capture:
     ) -> None:
         tshark = which("tshark")
         if tshark is None:
-            raise RuntimeError(missing(["tshark"]))
+            raise RuntimeError(missing_message(["tshark"]))
         self.name = name
         self.path = workdir / f"{name}.pcapng"
         self.log_path = workdir / f"{name}.tshark.log"
@@ -335,7 +315,7 @@ async def _probe_all(plan: _Plan) -> None:
 
 def run(opts: Options) -> BenchResult:
     result = BenchResult(name="timing", title=TITLE)
-    need = missing(NEEDS)
+    need = missing_message(NEEDS)
     if need is not None:
         result.error = need
         return result

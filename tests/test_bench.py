@@ -18,7 +18,7 @@ import pytest
 
 import bench.__main__ as runner
 from bench import cpu, startup
-from bench._common import BenchResult, Goal, Options, Row
+from bench._common import PACKAGES, BenchResult, Goal, Options, Row, missing_message
 from bench._lab import BenchPKI, scrape_sum, sip_options_text
 from tests.lab.kamailio import CertPair
 from umprobe.config import parse_config
@@ -192,10 +192,10 @@ def test_list_and_help_say_what_each_benchmark_needs(fakes: None, capsys: pytest
 
 
 def test_missing_message_names_packages() -> None:
-    assert runner.missing_message(("sh",)) is None
-    message = runner.missing_message(("umprobe-no-such-binary-xyz", "sh"))
+    assert missing_message(("sh",)) is None
+    message = missing_message(("umprobe-no-such-binary-xyz", "sh"))
     assert message is not None and message.startswith("needs umprobe-no-such-binary-xyz (apt install")
-    assert runner.PACKAGES["sipp"] == "sip-tester"
+    assert PACKAGES["sipp"] == "sip-tester"
 
 
 def test_real_benchmark_modules_follow_the_contract() -> None:

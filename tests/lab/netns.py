@@ -227,7 +227,7 @@ def sweep_stale_namespaces() -> list[str]:
 
     Only names this module makes (`ump-<8 hex>-p<pid>`) are considered, and only when <pid> is not running.
     """
-    removed = []
+    removed: list[str] = []
     netns_dir = Path("/run/netns")
     if not netns_dir.is_dir():
         return removed
