@@ -60,6 +60,7 @@ from umprobe.sip import (
     DEFAULT_ACCEPT,
     NEED_DATA,
     ClientTransaction,
+    OptionsRequest,
     RemoteProtocolError,
     Response,
     StreamParser,
@@ -378,27 +379,13 @@ async def _exchange(
                     run.tls_info = tls_stream.info()
             run.note("info", _describe_tls(run.tls_info))
         run.phase = Phase.SIP
-        request = build_options(
-            target_host=spec.host,
-            target_port=spec.port if spec.port_given else None,
-            transport=spec.transport,
-            local_host=local_host,
-            local_port=local_port,
-            from_domain=spec.from_domain,
-            uri_scheme=spec.uri_scheme,
-            contact_host=spec.contact_host,
-            contact_port=spec.contact_port,
-        )
+        request = _request(spec, local_host, local_port)
         run.note("send", request.raw.decode("utf-8", "replace"))
         run.marks["sip_start"] = trio.current_time()
         await stream.send_all(request.raw)
         final = await _await_final(stream, ClientTransaction(request), run, tcp)  # marks "sip_done"
         run.response = final
-        if is_healthy(final.status_code, spec.accept_status):
-            return Reason.OK, f"{final.status_code} {final.reason}".strip()
-        return Reason.SIP_UNHEALTHY_STATUS, (
-            f"status {final.status_code} is not in the accepted set {_fmt_codes(spec.accept_status)}"
-        )
+        return _verdict(spec, final)
     finally:
         # Close at once, no goodbye: what `trio.aclose_forcefully(stream)` comes to for these streams (a TLS
         # close_notify never got out: its send met the cancelled scope), less that cancelled checkpoint,
@@ -422,16 +409,7 @@ async def _exchange_udp(spec: SipProbeSpec, address: ResolvedAddress, run: _Run)
         local_host, local_port = udp.local()
         run.note("info", f"UDP to {udp.where} from {_hostport(local_host, local_port)}")
         run.phase = Phase.SIP
-        request = build_options(
-            target_host=spec.host,
-            target_port=spec.port if spec.port_given else None,
-            transport="udp",
-            local_host=local_host,
-            local_port=local_port,
-            from_domain=spec.from_domain,
-            contact_host=spec.contact_host,
-            contact_port=spec.contact_port,
-        )
+        request = _request(spec, local_host, local_port)
         run.note("send", request.raw.decode("utf-8", "replace"))
         first = run.marks["sip_start"] = trio.current_time()
         try:
@@ -447,13 +425,34 @@ async def _exchange_udp(spec: SipProbeSpec, address: ResolvedAddress, run: _Run)
             run.note("error", detail)
             return Reason.SIP_TIMEOUT, detail
         run.response = final
-        if is_healthy(final.status_code, spec.accept_status):
-            return Reason.OK, f"{final.status_code} {final.reason}".strip()
-        return Reason.SIP_UNHEALTHY_STATUS, (
-            f"status {final.status_code} is not in the accepted set {_fmt_codes(spec.accept_status)}"
-        )
+        return _verdict(spec, final)
     finally:
         udp.close()
+
+
+def _request(spec: SipProbeSpec, local_host: str, local_port: int) -> OptionsRequest:
+    """The OPTIONS of `spec` sent from `local_host`:`local_port` (no port in the Request-URI when DNS chose
+    it; a `sips:` URI only over TLS: UDP always says `sip:`)."""
+    return build_options(
+        target_host=spec.host,
+        target_port=spec.port if spec.port_given else None,
+        transport=spec.transport,
+        local_host=local_host,
+        local_port=local_port,
+        from_domain=spec.from_domain,
+        uri_scheme=spec.uri_scheme if spec.transport != "udp" else "sip",
+        contact_host=spec.contact_host,
+        contact_port=spec.contact_port,
+    )
+
+
+def _verdict(spec: SipProbeSpec, final: Response) -> tuple[Reason, str]:
+    """A final response judged by the spec's accepted statuses."""
+    if is_healthy(final.status_code, spec.accept_status):
+        return Reason.OK, f"{final.status_code} {final.reason}".strip()
+    return Reason.SIP_UNHEALTHY_STATUS, (
+        f"status {final.status_code} is not in the accepted set {_fmt_codes(spec.accept_status)}"
+    )
 
 
 async def _await_final_udp(
