@@ -21,7 +21,6 @@ lab's directory. Each broken set-up is named by the policy rule the profile's po
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import re
@@ -32,19 +31,17 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.lab.kamailio import CertPair, KamailioInstance, Listener, TlsPolicy
 from tests.lab.netns import NetNamespace, sweep_stale_namespaces
+from tests.lab.pki import Key, build_cert, new_key, pem_certs, write_key
 from tests.lab.ports import allocate_port
 from tests.lab.proc import LabError, LabProcess
 from umprobe.policy import SIP_TRUNK_POLICY, SKYPE_MEDIATION_POLICY
@@ -117,68 +114,6 @@ request_route {
 
 # -- the PKI: names and file names of the docs ---------------------------------------------------------
 
-_Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
-
-
-def _key(kind: str = "rsa2048") -> _Key:
-    if kind == "ec256":
-        return ec.generate_private_key(ec.SECP256R1())
-    if kind == "ed25519":
-        return ed25519.Ed25519PrivateKey.generate()
-    return rsa.generate_private_key(public_exponent=65537, key_size=int(kind.removeprefix("rsa")))
-
-
-def _cert(
-    subject: str,
-    key: _Key,
-    issuer: tuple[x509.Certificate, _Key] | None,
-    *,
-    ca: bool = False,
-    names: tuple[str, ...] = (),
-    ips: tuple[str, ...] = (),
-    eku: tuple[x509.ObjectIdentifier, ...] = (
-        ExtendedKeyUsageOID.SERVER_AUTH,
-        ExtendedKeyUsageOID.CLIENT_AUTH,
-    ),
-    days: tuple[float, float] = (-1, 90),
-) -> x509.Certificate:
-    now = datetime.now(UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    issuer_name, issuer_key = (issuer[0].subject, issuer[1]) if issuer is not None else (name, key)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now + timedelta(days=days[0]))
-        .not_valid_after(now + timedelta(days=days[1]))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
-        )
-    )
-    if not ca:
-        sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
-        sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        builder = builder.add_extension(x509.ExtendedKeyUsage(list(eku)), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _pem(*certs: x509.Certificate) -> bytes:
-    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
-
-
-def _write_key(path: Path, key: _Key) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    path.chmod(0o600)
-
 
 @dataclass(frozen=True, slots=True)
 class Pki:
@@ -192,24 +127,24 @@ class Pki:
 
 def build_pki(directory: Path, ns_ip: str) -> Pki:
     directory.mkdir(parents=True, exist_ok=True)
-    root_key, inter_key, carrier_key = _key(), _key(), _key()
-    root = _cert("Contoso Root CA", root_key, None, ca=True)
-    inter = _cert("Contoso Issuing CA", inter_key, (root, root_key), ca=True)
-    carrier_root = _cert("Carrier Root CA", carrier_key, None, ca=True)
-    (directory / "contoso-root.pem").write_bytes(_pem(root))
-    (directory / "carrier-root.pem").write_bytes(_pem(carrier_root))
+    root_key, inter_key, carrier_key = new_key(), new_key(), new_key()
+    root = build_cert("Contoso Root CA", root_key, None, ca=True)
+    inter = build_cert("Contoso Issuing CA", inter_key, (root, root_key), ca=True)
+    carrier_root = build_cert("Carrier Root CA", carrier_key, None, ca=True)
+    (directory / "contoso-root.pem").write_bytes(pem_certs(root))
+    (directory / "carrier-root.pem").write_bytes(pem_certs(carrier_root))
 
     def leaf(
-        stem: str, subject: str, issuer: tuple[x509.Certificate, _Key], chain: bytes = b"", **kw: Any
+        stem: str, subject: str, issuer: tuple[x509.Certificate, Key], chain: bytes = b"", **kw: Any
     ) -> CertPair:
-        key = _key(kw.pop("key", "rsa2048"))
-        cert = _cert(subject, key, issuer, **kw)
-        (directory / f"{stem}.pem").write_bytes(_pem(cert) + chain)
-        _write_key(directory / f"{stem}.key", key)
+        key = new_key(kw.pop("key", "rsa2048"))
+        cert = build_cert(subject, key, issuer, **kw)
+        (directory / f"{stem}.pem").write_bytes(pem_certs(cert) + chain)
+        write_key(directory / f"{stem}.key", key)
         return CertPair(directory / f"{stem}.pem", directory / f"{stem}.key")
 
     issuing = (inter, inter_key)
-    chain = _pem(inter)
+    chain = pem_certs(inter)
     gateways = {
         "right": leaf(GATEWAY, GATEWAY, issuing, chain, names=(GATEWAY,)),
         "ec256": leaf("gw-ec256", GATEWAY, issuing, chain, names=(GATEWAY,), key="ec256"),
@@ -240,7 +175,7 @@ def build_pki(directory: Path, ns_ip: str) -> Pki:
     }
     # The right certificate without the intermediate after it.
     right_leaf = x509.load_pem_x509_certificates(gateways["right"].cert_file.read_bytes())[0]
-    gateways["leaf_only"].cert_file.write_bytes(_pem(right_leaf))
+    gateways["leaf_only"].cert_file.write_bytes(pem_certs(right_leaf))
     mediation = leaf("mediation", MEDIATION_HOSTS[0], (root, root_key), names=MEDIATION_HOSTS, ips=(ns_ip,))
     carrier = leaf("carrier", CARRIER, (carrier_root, carrier_key), names=(CARRIER,), ips=(ns_ip,))
     return Pki(
@@ -482,7 +417,7 @@ def test_skype_key_types_outside_the_policy_are_named_by_cert_key_size(lab: Lab)
     assert out.failed("tls") == ["cert_key_size"]
     assert "a Ed25519 key is not allowed" in out.rule("tls", "cert_key_size")["detail"]
     pair = lab.pki.gateways["rsa1024"]
-    args = (
+    args: tuple[str, ...] = (
         "--profile",
         "skype-mediation",
         "--sbc-fqdn",

@@ -21,19 +21,15 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.lab.kamailio import CertPair
 from tests.lab.kamailio_msproxy import MsProxyInstance, ProxyListener
+from tests.lab.pki import build_cert, new_key, pem_certs, write_key
 from tests.lab.ports import allocate_port
 from tests.lab.proc import LabProcess, LabStartError
 from umprobe.devcerts import DevCA
@@ -51,55 +47,6 @@ class Pki:
     certs: dict[str, CertPair]  # scenario -> our (the SBC's) client certificate
 
 
-def _rsa() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def _pem_key(key: rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _cert(
-    subject: str,
-    key: rsa.RSAPrivateKey,
-    issuer: x509.Certificate | None,
-    issuer_key: rsa.RSAPrivateKey,
-    *,
-    ca: bool,
-    names: tuple[str, ...] = (),
-) -> x509.Certificate:
-    now = datetime.now(UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.subject if issuer is not None else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(hours=1))
-        .not_valid_after(now + timedelta(days=90))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
-        )
-    )
-    if not ca:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
-        ).add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-            critical=False,
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _pem(*certs: x509.Certificate) -> bytes:
-    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
-
-
 def build_pki(directory: Path) -> Pki:
     directory.mkdir(parents=True, exist_ok=True)
     ca = DevCA.create("msproxy test CA", key_type="rsa")
@@ -114,17 +61,17 @@ def build_pki(directory: Path) -> Pki:
     issue("server_auth_only", [SBC], client_auth=False)
     issue("other_name", ["sbc9.elsewhere.lab.test"])
     # A public-CA-like chain: root -> intermediate -> leaf; the proxy trusts the root only.
-    root_key, inter_key, leaf_key = _rsa(), _rsa(), _rsa()
-    root = _cert("chain test root", root_key, None, root_key, ca=True)
-    inter = _cert("chain test intermediate", inter_key, root, root_key, ca=True)
-    leaf = _cert(SBC, leaf_key, inter, inter_key, ca=False, names=(SBC,))
-    (directory / "chain.key").write_bytes(_pem_key(leaf_key))
-    (directory / "leaf-only.crt").write_bytes(_pem(leaf))
-    (directory / "leaf-and-intermediate.crt").write_bytes(_pem(leaf, inter))
+    root_key, inter_key, leaf_key = new_key(), new_key(), new_key()
+    root = build_cert("chain test root", root_key, None, ca=True)
+    inter = build_cert("chain test intermediate", inter_key, (root, root_key), ca=True)
+    leaf = build_cert(SBC, leaf_key, (inter, inter_key), names=(SBC,))
+    write_key(directory / "chain.key", leaf_key)
+    (directory / "leaf-only.crt").write_bytes(pem_certs(leaf))
+    (directory / "leaf-and-intermediate.crt").write_bytes(pem_certs(leaf, inter))
     certs["leaf_only"] = CertPair(directory / "leaf-only.crt", directory / "chain.key")
     certs["full_chain"] = CertPair(directory / "leaf-and-intermediate.crt", directory / "chain.key")
     bundle = directory / "trust.pem"
-    bundle.write_bytes(ca.cert_pem + _pem(root))
+    bundle.write_bytes(ca.cert_pem + pem_certs(root))
     server = CertPair(*ca.issue(["127.0.0.1", "localhost"], key_type="rsa").write(directory, "proxy"))
     return Pki(bundle, server, certs)
 
