@@ -159,6 +159,14 @@ class _Run:
     retransmissions: int = 0  # UDP only: requests re-sent per Timer E
     syn_rtt: float | None = None  # TCP: the kernel's SYN to SYN-ACK time, when it has one to trust
 
+    def take_transaction(self, tx: ClientTransaction) -> None:
+        """What the SIP exchange saw besides its final response: 1xx and mismatched messages, noted."""
+        self.provisional = tx.provisional
+        self.mismatched = tx.mismatched
+        self.mismatch_reasons = list(tx.mismatch_reasons)
+        for why in tx.mismatch_reasons:
+            self.note("info", f"ignored a message that does not match our request: {why}")
+
     def note(self, kind: str, text: str) -> None:
         if len(text) > _TRANSCRIPT_TEXT_CAP:
             text = text[:_TRANSCRIPT_TEXT_CAP] + f"... [{len(text) - _TRANSCRIPT_TEXT_CAP} more characters]"
@@ -483,11 +491,7 @@ async def _await_final_udp(
                     run.marks["sip_done"] = arrived
                     return final
     finally:
-        run.provisional = tx.provisional
-        run.mismatched = tx.mismatched
-        run.mismatch_reasons = list(tx.mismatch_reasons)
-        for why in tx.mismatch_reasons:
-            run.note("info", f"ignored a message that does not match our request: {why}")
+        run.take_transaction(tx)
 
 
 async def _await_final(
@@ -541,13 +545,9 @@ async def _await_final(
                     f"the peer closed the connection before a final response{_mismatch_story(tx)}"
                 )
     finally:
-        run.provisional = tx.provisional
-        run.mismatched = tx.mismatched
-        run.mismatch_reasons = list(tx.mismatch_reasons)
         if not run.partial:
             run.partial = parser.buffered
-        for why in tx.mismatch_reasons:
-            run.note("info", f"ignored a message that does not match our request: {why}")
+        run.take_transaction(tx)
 
 
 def _mismatch_story(tx: ClientTransaction) -> str:
